@@ -1,0 +1,152 @@
+"""The whole application's configuration: one pydantic tree that serve config YAML `args` mirror.
+
+Validated from a dict (Ray Serve passes the YAML `args`), an object, or a file. Unknown fields
+are errors, so a typo fails at `serve run` with the field's path in the message.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+TINY_RANDOM_SOURCE = "builtin:tiny-random"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Strict):
+    source: str = Field(
+        "tencent/HunyuanOCR",
+        description=f"Hub id, local checkpoint directory, or '{TINY_RANDOM_SOURCE}' "
+        "(a tiny random checkpoint of the same architecture, built offline on first use).",
+    )
+    revision: str | None = Field(None, description="Hub revision (commit) to pin; ignored for local paths.")
+    served_model_name: str = Field("tencent/HunyuanOCR", description="Model id reported by the API.")
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    device: Literal["auto", "cuda", "cpu"] = Field("auto", description="Torch device of the vision encoder.")
+    min_pixels: int = Field(512 * 512, gt=0, description="Pixel budget lower bound of the image processor.")
+    max_pixels: int = Field(2048 * 2048, gt=0, description="Pixel budget upper bound of the image processor.")
+
+    @model_validator(mode="after")
+    def _budget_ordered(self) -> ModelConfig:
+        if self.min_pixels > self.max_pixels:
+            raise ValueError("min_pixels must not exceed max_pixels")
+        return self
+
+
+class LimitsConfig(_Strict):
+    max_body_bytes: int = Field(20 * 1024 * 1024, gt=0, description="Largest accepted request body.")
+    max_image_pixels: int = Field(
+        50_000_000, gt=0, description="Largest decoded image (width*height); also the decompression-bomb guard."
+    )
+    max_image_side: int = Field(20_000, gt=0, description="Longest accepted image side in pixels.")
+    max_prompt_chars: int = Field(4_000, gt=0, description="Longest accepted instruction.")
+    max_tokens_cap: int = Field(16_384, gt=0, description="Server-side cap on max_tokens.")
+    default_max_tokens: int = Field(2_048, gt=0, description="max_tokens when the caller gives none.")
+
+    @model_validator(mode="after")
+    def _default_within_cap(self) -> LimitsConfig:
+        if self.default_max_tokens > self.max_tokens_cap:
+            raise ValueError("default_max_tokens must not exceed max_tokens_cap")
+        return self
+
+
+class AutoscalingConfig(_Strict):
+    """Mirrors Ray Serve's autoscaling_config fields that matter per stage."""
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(1, ge=1)
+    initial_replicas: int | None = Field(None, ge=0)
+    target_ongoing_requests: float = Field(2.0, gt=0)
+    upscale_delay_s: float = Field(30.0, ge=0)
+    downscale_delay_s: float = Field(600.0, ge=0)
+
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> AutoscalingConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas must not exceed max_replicas")
+        return self
+
+
+class StageConfig(_Strict):
+    """Ray Serve deployment options of one stage."""
+
+    num_replicas: int | None = Field(None, ge=1, description="Fixed replica count; leave unset to autoscale.")
+    autoscaling: AutoscalingConfig | None = None
+    num_cpus: float = Field(1.0, ge=0)
+    num_gpus: float = Field(0.0, ge=0, le=1)
+    max_ongoing_requests: int = Field(16, ge=1)
+    max_queued_requests: int = Field(-1, ge=-1, description="-1: unbounded queue at the caller.")
+    health_check_period_s: float = Field(10.0, gt=0)
+    health_check_timeout_s: float = Field(30.0, gt=0)
+    graceful_shutdown_timeout_s: float = Field(20.0, ge=0)
+
+    @model_validator(mode="after")
+    def _one_scaling_mode(self) -> StageConfig:
+        if self.num_replicas is not None and self.autoscaling is not None:
+            raise ValueError("set either num_replicas or autoscaling, not both")
+        return self
+
+    def deployment_options(self) -> dict[str, Any]:
+        """Keyword arguments for `Deployment.options(...)`."""
+        options: dict[str, Any] = {
+            "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "max_queued_requests": self.max_queued_requests,
+            "health_check_period_s": self.health_check_period_s,
+            "health_check_timeout_s": self.health_check_timeout_s,
+            "graceful_shutdown_timeout_s": self.graceful_shutdown_timeout_s,
+        }
+        if self.autoscaling is not None:
+            options["autoscaling_config"] = self.autoscaling.model_dump(exclude_none=True)
+        else:
+            options["num_replicas"] = self.num_replicas or 1
+        return options
+
+
+class PreprocessorConfig(StageConfig):
+    pass
+
+
+class EncoderConfig(StageConfig):
+    max_batch_size: int = Field(8, ge=1, description="Images per vision tower call.")
+    batch_wait_timeout_s: float = Field(0.005, ge=0, description="How long a batch waits to fill.")
+
+
+class DecoderConfig(StageConfig):
+    engine: Literal["vllm", "transformers"] = Field(
+        "vllm", description="'vllm' (production: AsyncLLM, continuous batching) or 'transformers' (debug)."
+    )
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="vLLM AsyncEngineArgs fields (checked against vLLM when the app is built).",
+    )
+
+
+class IngressConfig(StageConfig):
+    num_cpus: float = Field(0.25, ge=0)
+
+
+class OCRAppConfig(_Strict):
+    model: ModelConfig = ModelConfig()
+    limits: LimitsConfig = LimitsConfig()
+    default_instruction: str = Field("提取图中的文字。", min_length=1, description="Used when no prompt is given.")
+    preprocessor: PreprocessorConfig = PreprocessorConfig()
+    encoder: EncoderConfig = EncoderConfig()
+    decoder: DecoderConfig = DecoderConfig()
+    ingress: IngressConfig = IngressConfig()
+
+    @classmethod
+    def from_serve_config(cls, path: str | Path, app_name: str | None = None) -> OCRAppConfig:
+        """Read the `args` of an application in a Ray Serve config file."""
+        document = yaml.safe_load(Path(path).read_text())
+        applications = document.get("applications", [])
+        for application in applications:
+            if app_name is None or application.get("name") == app_name:
+                return cls.model_validate(application.get("args") or {})
+        raise ValueError(f"{path}: no application named {app_name!r}")

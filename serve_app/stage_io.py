@@ -1,0 +1,59 @@
+"""What the stages hand to each other. Arrays are numpy so Ray moves them without pickling torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class PreparedImage:
+    """Preprocessor output: model-ready pixels, the prompt, and what is needed to map boxes back."""
+
+    pixel_values: np.ndarray  # (n_patches, channels * patch * patch) float32, from the model's image processor
+    image_grid_thw: np.ndarray  # (3,) int64: temporal, height, width in patches
+    prompt: str  # chat template applied: system/user text with one image placeholder span
+    original_size: tuple[int, int]  # (width, height) of the decoded image as the caller sent it
+    oriented_size: tuple[int, int]  # (width, height) after EXIF orientation
+    model_size: tuple[int, int]  # (width, height) of the image the model sees
+    exif_orientation: int  # EXIF orientation tag value that was applied (1 = none)
+    preprocess_ms: float = 0.0
+
+
+@dataclass
+class ImageEmbeddings:
+    """VisionEncoder output: the vision tower's final output, already in the decoder's hidden size."""
+
+    embeddings: np.ndarray  # (n_image_tokens, text_hidden_size)
+    image_grid_thw: np.ndarray  # (3,) int64
+    encode_ms: float = 0.0
+    batch_size: int = 1  # how many images shared the vision tower call
+
+
+@dataclass
+class SamplingOptions:
+    """Decoding settings. HunyuanOCR is served greedy (official: temperature 0, top_k 1)."""
+
+    max_tokens: int = 1024
+    temperature: float = 0.0
+    top_k: int = 1
+    repetition_penalty: float = 1.0
+
+
+@dataclass
+class DecodeRequest:
+    prompt: str
+    image: ImageEmbeddings
+    sampling: SamplingOptions = field(default_factory=SamplingOptions)
+    request_id: str = ""
+
+
+@dataclass
+class DecodeResult:
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" or "length"
+    decode_ms: float = 0.0
