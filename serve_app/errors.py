@@ -1,0 +1,83 @@
+"""One error model for the whole API: exception classes carry their HTTP status and error type.
+
+Raised in any stage; Ray re-raises them in the ingress as subclasses of the same class, so
+`isinstance` still works there, and the ingress turns them into one JSON shape (OpenAI's):
+`{"error": {"message", "type", "param", "code"}}`.
+"""
+
+from __future__ import annotations
+
+
+class OCRServiceError(Exception):
+    status_code = 500
+    error_type = "internal_error"
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message, param)
+        self.message = message
+        self.param = param
+
+    def __str__(self) -> str:
+        return self.message
+
+    def to_dict(self) -> dict:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "param": self.param,
+                "code": self.status_code,
+            }
+        }
+
+
+class InvalidRequestError(OCRServiceError):
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class InvalidImageError(InvalidRequestError):
+    error_type = "invalid_image"
+
+
+class UnsupportedMediaTypeError(OCRServiceError):
+    status_code = 415
+    error_type = "unsupported_media_type"
+
+
+class PayloadTooLargeError(OCRServiceError):
+    status_code = 413
+    error_type = "payload_too_large"
+
+
+class ServiceUnavailableError(OCRServiceError):
+    """Overload or a stage that is (re)starting: the caller should retry."""
+
+    status_code = 503
+    error_type = "service_unavailable"
+
+
+class EngineError(OCRServiceError):
+    status_code = 500
+    error_type = "engine_error"
+
+
+def as_service_error(error: BaseException) -> OCRServiceError:
+    """The one exception -> API error mapping. Anything unknown is a 500 without internals leaked."""
+    from ray import exceptions as ray_exceptions
+    from ray.serve import exceptions as serve_exceptions
+
+    # An error raised in another stage arrives wrapped by Ray; its `cause` is the original.
+    while isinstance(error, ray_exceptions.RayTaskError) and isinstance(error.cause, BaseException):
+        if error.cause is error:
+            break
+        error = error.cause
+    if isinstance(error, OCRServiceError) and not isinstance(error, ray_exceptions.RayTaskError):
+        return error
+    if isinstance(error, serve_exceptions.BackPressureError):
+        return ServiceUnavailableError("The service is at capacity; retry shortly.")
+    if isinstance(error, (serve_exceptions.DeploymentUnavailableError, ray_exceptions.RayActorError)):
+        return ServiceUnavailableError("A pipeline stage is restarting; retry shortly.")
+    if isinstance(error, (TimeoutError, ray_exceptions.GetTimeoutError)):
+        return ServiceUnavailableError("The request timed out inside the pipeline; retry shortly.")
+    return OCRServiceError("Internal error while processing the request.")

@@ -1,0 +1,65 @@
+"""Preprocessor stage (CPU): untrusted bytes -> model-ready pixels and the chat prompt."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+from ray import serve
+
+from serve_app.config import OCRAppConfig
+from serve_app.images import decode_image, fit_to_budget
+from serve_app.model_files import resolve_model_path
+from serve_app.stage_io import PreparedImage
+
+
+class ImagePreparer:
+    """The stage's work without Ray: the model's own processor and chat template, plus our limits."""
+
+    def __init__(self, config: OCRAppConfig, model_path: str):
+        from transformers import AutoProcessor
+
+        self.config = config
+        # The PIL backend resizes exactly as HunyuanOCR's reference processor (bicubic PIL).
+        self.processor = AutoProcessor.from_pretrained(model_path, backend="pil")
+        self.pixel_budget = {"shortest_edge": config.model.min_pixels, "longest_edge": config.model.max_pixels}
+        image_processor = self.processor.image_processor
+        self.resize_factor = image_processor.patch_size * image_processor.merge_size
+
+    def build_prompt(self, instruction: str) -> str:
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": instruction}]}]
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def prepare(self, image_bytes: bytes, instruction: str) -> PreparedImage:
+        started = time.perf_counter()
+        decoded = decode_image(image_bytes, self.config.limits)
+        model_image = fit_to_budget(
+            decoded.image, self.resize_factor, self.config.model.min_pixels, self.config.model.max_pixels
+        )
+        features = self.processor.image_processor(
+            images=[model_image], size=self.pixel_budget, return_tensors="np"
+        )
+        return PreparedImage(
+            pixel_values=np.ascontiguousarray(features["pixel_values"], dtype=np.float32),
+            image_grid_thw=np.asarray(features["image_grid_thw"][0], dtype=np.int64),
+            prompt=self.build_prompt(instruction),
+            original_size=decoded.original_size,
+            oriented_size=decoded.image.size,
+            model_size=model_image.size,
+            exif_orientation=decoded.exif_orientation,
+            preprocess_ms=(time.perf_counter() - started) * 1000,
+        )
+
+
+@serve.deployment
+class Preprocessor:
+    def __init__(self, config: OCRAppConfig):
+        self.preparer = ImagePreparer(config, resolve_model_path(config.model))
+
+    async def prepare(self, image_bytes: bytes, instruction: str) -> PreparedImage:
+        # Decoding and resizing are CPU work: keep them off the replica's event loop.
+        return await asyncio.to_thread(self.preparer.prepare, image_bytes, instruction)
+
+    async def ping(self) -> bool:
+        return True

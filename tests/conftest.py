@@ -1,0 +1,36 @@
+"""Shared test helpers: images made with Pillow, so tests need no data files."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image, ImageDraw
+
+
+def make_image(width: int, height: int, seed: int = 0, text: str = "Invoice 2026-11-28 TOTAL 42.00") -> Image.Image:
+    """A deterministic RGB test page: light background, dark text lines and a few shapes."""
+    image = Image.new("RGB", (width, height), (245, 243, 236))
+    draw = ImageDraw.Draw(image)
+    step = max(12, height // 8)
+    for row, y in enumerate(range(4, height - 10, step)):
+        draw.text((4 + (seed * 7 + row * 13) % max(1, width // 4), y), f"{text} #{seed}-{row}", fill=(20, 20, 30))
+    draw.rectangle((width // 3, height // 3, width // 3 + width // 5, height // 3 + height // 6), outline=(200, 30, 30), width=2)
+    return image
+
+
+def to_bytes(image: Image.Image, fmt: str = "PNG", **save_args) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **save_args)
+    return buffer.getvalue()
+
+
+def with_exif_orientation(image: Image.Image, orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return to_bytes(image, "JPEG", exif=exif, quality=95)
+
+
+@pytest.fixture
+def page() -> Image.Image:
+    return make_image(320, 200)

@@ -1,0 +1,96 @@
+"""The config tree and the builder: what `serve run` would deploy, checked without starting Ray."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from ray.serve._private.build_app import build_app as build_serve_app
+
+from serve_app.app import ConfigError, build_app, load_config
+from serve_app.config import OCRAppConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+STAGES = {"Preprocessor": "preprocessor", "VisionEncoder": "encoder", "Decoder": "decoder", "OCRIngress": "ingress"}
+
+
+def deployments_of(config_path: Path) -> tuple[OCRAppConfig, dict]:
+    config = OCRAppConfig.from_serve_config(config_path)
+    built = build_serve_app(build_app(config), name="ocr")
+    return config, {deployment.name: deployment for deployment in built.deployments}
+
+
+@pytest.mark.parametrize("config_path", [ROOT / "serve_config.yaml", *sorted((ROOT / "configs").glob("*.yaml"))])
+def test_every_config_file_builds_the_four_stage_graph(config_path):
+    config, deployments = deployments_of(config_path)
+    assert set(deployments) == set(STAGES)
+    for name, field in STAGES.items():
+        stage = getattr(config, field)
+        deployment = deployments[name]
+        assert deployment.ray_actor_options["num_cpus"] == stage.num_cpus
+        assert deployment.ray_actor_options.get("num_gpus", 0) == stage.num_gpus
+        assert deployment.max_ongoing_requests == stage.max_ongoing_requests
+
+
+def test_production_plan_fits_one_gpu_with_fractions_and_autoscaling():
+    config, deployments = deployments_of(ROOT / "serve_config.yaml")
+    encoder, decoder = deployments["VisionEncoder"], deployments["Decoder"]
+    assert 0 < encoder.ray_actor_options["num_gpus"] < 1
+    assert 0 < decoder.ray_actor_options["num_gpus"] < 1
+    assert deployments["Preprocessor"].ray_actor_options.get("num_gpus", 0) == 0
+    # At max scale every GPU-using replica still fits on one GPU.
+    gpu_at_max_scale = sum(
+        deployments[name].ray_actor_options.get("num_gpus", 0)
+        * deployments[name]._deployment_config.autoscaling_config.max_replicas
+        for name in STAGES
+    )
+    assert gpu_at_max_scale <= 1.0
+    # vLLM's memory share stays inside the decoder's GPU share.
+    assert config.decoder.engine_args["gpu_memory_utilization"] <= decoder.ray_actor_options["num_gpus"]
+    for name in STAGES:
+        autoscaling = deployments[name]._deployment_config.autoscaling_config
+        assert autoscaling is not None, name
+        assert 1 <= autoscaling.min_replicas <= autoscaling.max_replicas
+        assert autoscaling.target_ongoing_requests > 0
+    # Official HunyuanOCR serving flags.
+    assert config.decoder.engine_args["enable_prefix_caching"] is False
+    assert config.decoder.engine_args["mm_processor_cache_gb"] == 0
+    assert config.model.source == "tencent/HunyuanOCR" and config.model.revision
+    assert config.model.dtype == "bfloat16"
+
+
+def test_cpu_config_schedules_on_two_cores():
+    _, deployments = deployments_of(ROOT / "configs" / "cpu.yaml")
+    total_cpus = sum(
+        deployment.ray_actor_options["num_cpus"] * (deployment._deployment_config.num_replicas or 1)
+        for deployment in deployments.values()
+    )
+    assert total_cpus <= 2
+    assert all(deployment.ray_actor_options.get("num_gpus", 0) == 0 for deployment in deployments.values())
+
+
+@pytest.mark.parametrize(
+    "args,field",
+    [
+        ({"decoder": {"engine": "tensorrt"}}, "decoder.engine"),
+        ({"decoder": {"num_gpus": 1.5}}, "decoder.num_gpus"),
+        ({"encoder": {"max_batch_sise": 4}}, "encoder.max_batch_sise"),
+        ({"model": {"dtype": "int3"}}, "model.dtype"),
+        ({"limits": {"max_body_bytes": -1}}, "limits.max_body_bytes"),
+        ({"preprocessor": {"num_replicas": 2, "autoscaling": {"max_replicas": 3}}}, "preprocessor"),
+        ({"decoder": {"engine_args": {"gpu_memory_utilisation": 0.5}}}, "gpu_memory_utilisation"),
+    ],
+)
+def test_invalid_config_names_the_field(args, field):
+    with pytest.raises(ConfigError) as raised:
+        load_config(args)
+    assert field in str(raised.value)
+
+
+def test_yaml_args_round_trip_through_the_tree():
+    document = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    args = document["applications"][0]["args"]
+    config = load_config(args)
+    assert config.decoder.engine == "vllm"
+    assert config.model_dump(exclude_unset=True, exclude_defaults=False)["decoder"]["engine_args"] == args["decoder"]["engine_args"]
