@@ -5,29 +5,18 @@ from __future__ import annotations
 import asyncio
 import time
 
-import torch
 from ray import serve
 
 from serve_app.config import OCRAppConfig
-from serve_app.hunyuan_vl import encode_images, load_vision_tower
+from serve_app.hunyuan_vl import encode_images, load_vision_tower, resolve_device
 from serve_app.model_files import resolve_model_path
 from serve_app.stage_io import ImageEmbeddings, PreparedImage
-
-TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-
-
-def pick_device(requested: str) -> str:
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return requested
-
 
 @serve.deployment
 class VisionEncoder:
     def __init__(self, config: OCRAppConfig):
-        self.device = pick_device(config.model.device)
         self.tower = load_vision_tower(
-            resolve_model_path(config.model), TORCH_DTYPES[config.model.dtype], self.device
+            resolve_model_path(config.model), config.model.dtype, resolve_device(config.model.device)
         )
         self.encode_batch.set_max_batch_size(config.encoder.max_batch_size)
         self.encode_batch.set_batch_wait_timeout_s(config.encoder.batch_wait_timeout_s)

@@ -34,3 +34,11 @@ def with_exif_orientation(image: Image.Image, orientation: int) -> bytes:
 @pytest.fixture
 def page() -> Image.Image:
     return make_image(320, 200)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """The tiny random HunyuanOCR-architecture checkpoint, built once per test session."""
+    from serve_app.tiny_checkpoint import build_tiny_checkpoint
+
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-hunyuan-vl"))

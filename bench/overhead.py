@@ -1,0 +1,180 @@
+"""Serving overhead on the CPU config: the graph over HTTP vs the same stages called in-process.
+
+Starts both in one run — the Ray Serve graph (configs/cpu.yaml by default) and an in-process
+pipeline of the same code (ImagePreparer -> vision tower -> VLLMEngine, no Ray, no HTTP) — then
+measures rounds alternately (A B A B ...: throughput on 2 cores drifts from run to run) at each
+concurrency, and prints and saves p50/p95 latency, requests/s and the HTTP/in-process ratios.
+
+    python bench/overhead.py                      # concurrency 1 and 16, 3 rounds each
+    python bench/overhead.py --concurrency 1 4 16 --requests 32 --rounds 5 --out bench/results/overhead.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+async def run_load(send, payloads: list[bytes], concurrency: int) -> dict:
+    """Send every payload with at most `concurrency` in flight; latency per request, overall rate."""
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    for payload in payloads:
+        queue.put_nowait(payload)
+    latencies: list[float] = []
+    tokens = 0
+
+    async def worker():
+        nonlocal tokens
+        while not queue.empty():
+            payload = queue.get_nowait()
+            started = time.perf_counter()
+            tokens += await send(payload)
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    return {
+        "requests": len(latencies),
+        "p50_ms": percentile(latencies, 0.50) * 1000,
+        "p95_ms": percentile(latencies, 0.95) * 1000,
+        "requests_per_s": len(latencies) / elapsed,
+        "output_tokens_per_s": tokens / elapsed,
+    }
+
+
+class InProcessPipeline:
+    """The graph's own stage code, called directly: what serving adds is everything else."""
+
+    def __init__(self, config, model_path: str):
+        import torch
+
+        from serve_app.engines.vllm_engine import VLLMEngine
+        from serve_app.hunyuan_vl import encode_images, load_vision_tower
+        from serve_app.preprocessor import ImagePreparer
+
+        self.config = config
+        self.preparer = ImagePreparer(config, model_path)
+        self.tower = load_vision_tower(model_path, torch.float32, "cpu")
+        self.encode_images = encode_images
+        self.engine = VLLMEngine(config.model, config.decoder, model_path)
+
+    async def send(self, payload: bytes, max_tokens: int) -> int:
+        from serve_app.stage_io import DecodeRequest, ImageEmbeddings, SamplingOptions
+
+        prepared = await asyncio.to_thread(self.preparer.prepare, payload, self.config.default_instruction)
+        [embeddings] = await asyncio.to_thread(
+            self.encode_images, self.tower, [prepared.pixel_values], [prepared.image_grid_thw]
+        )
+        result = await self.engine.generate(
+            DecodeRequest(
+                prepared.prompt,
+                ImageEmbeddings(embeddings, prepared.image_grid_thw),
+                SamplingOptions(max_tokens=max_tokens),
+            )
+        )
+        return result.completion_tokens
+
+
+async def main_async(args, config) -> dict:
+    import httpx
+
+    from serve_app.model_files import resolve_model_path
+    from tests.conftest import make_image, to_bytes
+
+    payloads = [to_bytes(make_image(480, 320, seed=index), "JPEG") for index in range(args.requests)]
+    pipeline = InProcessPipeline(config, resolve_model_path(config.model))
+    await pipeline.engine.start()
+
+    limits = httpx.Limits(max_connections=max(args.concurrency) * 2)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{args.port}", timeout=600, limits=limits) as client:
+
+        async def send_http(payload: bytes) -> int:
+            response = await client.post("/ocr", params={"max_tokens": args.max_tokens}, content=payload)
+            response.raise_for_status()
+            return response.json()["usage"]["completion_tokens"]
+
+        async def send_local(payload: bytes) -> int:
+            return await pipeline.send(payload, args.max_tokens)
+
+        await run_load(send_http, payloads[:4], 2)  # warm-up both paths
+        await run_load(send_local, payloads[:4], 2)
+        report: dict = {"config": str(args.config), "max_tokens": args.max_tokens, "requests": args.requests, "by_concurrency": {}}
+        for concurrency in args.concurrency:
+            rounds = {"http": [], "in_process": []}
+            for _ in range(args.rounds):
+                rounds["http"].append(await run_load(send_http, payloads, concurrency))
+                rounds["in_process"].append(await run_load(send_local, payloads, concurrency))
+            summary = {
+                path: {key: statistics.median(r[key] for r in results) for key in results[0]}
+                for path, results in rounds.items()
+            }
+            summary["ratio_p50_latency_http_over_in_process"] = summary["http"]["p50_ms"] / summary["in_process"]["p50_ms"]
+            summary["ratio_throughput_http_over_in_process"] = (
+                summary["http"]["requests_per_s"] / summary["in_process"]["requests_per_s"]
+            )
+            report["by_concurrency"][str(concurrency)] = summary
+    await pipeline.engine.shutdown()
+    return report
+
+
+def print_table(report: dict) -> None:
+    print(f"{'conc':>4} {'path':>10} {'p50 ms':>9} {'p95 ms':>9} {'req/s':>7} {'tok/s':>8}")
+    for concurrency, summary in report["by_concurrency"].items():
+        for path in ("http", "in_process"):
+            row = summary[path]
+            print(
+                f"{concurrency:>4} {path:>10} {row['p50_ms']:9.1f} {row['p95_ms']:9.1f} "
+                f"{row['requests_per_s']:7.2f} {row['output_tokens_per_s']:8.1f}"
+            )
+        print(
+            f"{'':>4} {'ratio':>10} p50 latency x{summary['ratio_p50_latency_http_over_in_process']:.2f}, "
+            f"throughput x{summary['ratio_throughput_http_over_in_process']:.2f}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "cpu.yaml")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--requests", type=int, default=32, help="requests per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--port", type=int, default=8200)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "overhead.json")
+    args = parser.parse_args()
+
+    from ray import serve
+
+    from serve_app.app import build_app
+    from serve_app.config import OCRAppConfig
+
+    config = OCRAppConfig.from_serve_config(args.config)
+    serve.start(http_options={"host": "127.0.0.1", "port": args.port})
+    serve.run(build_app(config), name="ocr", route_prefix="/")
+    try:
+        report = asyncio.run(main_async(args, config))
+    finally:
+        serve.shutdown()
+    print_table(report)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"saved {args.out}")
+
+
+if __name__ == "__main__":
+    main()

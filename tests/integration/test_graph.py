@@ -1,0 +1,175 @@
+"""The whole graph on Ray Serve (CPU, tiny checkpoint), over HTTP, for both decoder engines.
+
+One Ray instance and one deployment of each engine's graph serve every test in this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+
+import httpx
+import pytest
+from PIL import Image
+
+from serve_app.app import build_app
+from serve_app.config import OCRAppConfig
+from tests.conftest import make_image, to_bytes, with_exif_orientation
+from tests.reference import reference_generate
+
+pytestmark = pytest.mark.integration
+
+HTTP_PORT = 8123
+BASE_URL = f"http://127.0.0.1:{HTTP_PORT}"
+ROUTES = {"vllm": "/vllm", "transformers": "/transformers"}
+MAX_TOKENS = 24
+INSTRUCTION = "提取图中的文字。"
+
+
+def graph_config(checkpoint: str, engine: str) -> OCRAppConfig:
+    config = OCRAppConfig.from_serve_config("configs/cpu.yaml").model_dump()
+    config["model"]["source"] = checkpoint
+    config["decoder"]["engine"] = engine
+    if engine == "transformers":
+        config["decoder"]["engine_args"] = {}
+    return OCRAppConfig.model_validate(config)
+
+
+@pytest.fixture(scope="module")
+def served(tiny_checkpoint):
+    import ray
+    from ray import serve
+
+    # Logical CPUs: two graphs of fractional stages share this 2-core machine during the module.
+    ray.init(num_cpus=4, include_dashboard=False, configure_logging=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": HTTP_PORT})
+    for engine, route in ROUTES.items():
+        serve.run(build_app(graph_config(str(tiny_checkpoint), engine)), name=engine, route_prefix=route)
+    yield str(tiny_checkpoint)
+    serve.shutdown()
+    ray.shutdown()
+
+
+def parity_images() -> dict[str, tuple[bytes, Image.Image]]:
+    """Five shapes the preprocessing must handle: tiny, wide, tall, over the pixel budget, EXIF-rotated."""
+    images = {
+        "tiny": make_image(24, 18, seed=1),
+        "wide": make_image(900, 120, seed=2),
+        "tall": make_image(150, 1000, seed=3),
+        "over_budget": make_image(1600, 1200, seed=4),
+    }
+    encoded = {name: (to_bytes(image), image) for name, image in images.items()}
+    rotated = with_exif_orientation(make_image(300, 200, seed=5), 6)
+    encoded["exif_rotated"] = (rotated, Image.open(io.BytesIO(rotated)))
+    return encoded
+
+
+@pytest.mark.parametrize("engine", list(ROUTES))
+def test_concurrent_http_results_match_transformers_generate_token_for_token(served, engine):
+    config = graph_config(served, engine)
+    images = parity_images()
+
+    async def send_all():
+        async with httpx.AsyncClient(base_url=BASE_URL, timeout=300) as client:
+            requests = [
+                client.post(
+                    f"{ROUTES[engine]}/ocr",
+                    params={"max_tokens": MAX_TOKENS, "prompt": INSTRUCTION},
+                    content=data,
+                    headers={"Content-Type": "application/octet-stream"},
+                )
+                for data, _ in images.values()
+            ]
+            return await asyncio.gather(*requests)
+
+    responses = asyncio.run(send_all())
+    for (name, (_, image)), response in zip(images.items(), responses):
+        assert response.status_code == 200, (name, response.text)
+        body = response.json()
+        expected_text, expected_ids = reference_generate(
+            served, image, INSTRUCTION, MAX_TOKENS, config.model.min_pixels, config.model.max_pixels
+        )
+        assert body["text"] == expected_text, name
+        assert body["usage"]["completion_tokens"] == len(expected_ids), name
+        assert body["text"].strip(), f"{name}: the untied tiny model should produce visible text"
+    rotated = responses[-1].json()["image"]
+    assert rotated["exif_orientation"] == 6
+    assert (rotated["width"], rotated["height"]) == (300, 200)
+    assert (rotated["oriented_width"], rotated["oriented_height"]) == (200, 300)
+    over_budget = responses[3].json()["image"]
+    assert over_budget["model_width"] * over_budget["model_height"] <= config.model.max_pixels
+
+
+def test_response_reports_model_usage_and_stage_timings(served):
+    response = httpx.post(f"{BASE_URL}/vllm/ocr", content=to_bytes(make_image(200, 100)), timeout=120)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["model"] == "hunyuan-ocr-tiny-random"
+    assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
+    assert body["usage"]["prompt_tokens"] > 2  # the image tokens are counted
+    timings = body["timings_ms"]
+    assert all(timings[stage] > 0 for stage in ("preprocess", "encode", "decode", "total"))
+    assert timings["total"] >= timings["decode"]
+    assert body["finish_reason"] in ("stop", "length")
+
+
+def test_multipart_upload_with_form_fields(served):
+    image = make_image(240, 160, seed=7)
+    raw = httpx.post(f"{BASE_URL}/vllm/ocr", params={"max_tokens": 8}, content=to_bytes(image), timeout=120).json()
+    form = httpx.post(
+        f"{BASE_URL}/vllm/ocr",
+        files={"file": ("page.png", to_bytes(image), "image/png")},
+        data={"max_tokens": "8"},
+        timeout=120,
+    )
+    assert form.status_code == 200, form.text
+    assert form.json()["text"] == raw["text"]
+    assert form.json()["usage"]["completion_tokens"] <= 8
+
+
+def test_max_tokens_cuts_the_output(served):
+    body = httpx.post(f"{BASE_URL}/vllm/ocr", params={"max_tokens": 3}, content=to_bytes(make_image(200, 100)), timeout=120).json()
+    assert body["usage"]["completion_tokens"] <= 3
+
+
+@pytest.mark.parametrize(
+    "kwargs,status,error_type",
+    [
+        ({"content": b"this is not an image"}, 400, "invalid_image"),
+        ({"content": b""}, 400, "invalid_image"),
+        ({"content": to_bytes(make_image(300, 200))[:400]}, 400, "invalid_image"),
+        ({"content": to_bytes(make_image(64, 64)), "params": {"max_tokens": 0}}, 400, "invalid_request_error"),
+        ({"content": to_bytes(make_image(64, 64)), "params": {"max_tokens": 10**6}}, 400, "invalid_request_error"),
+        ({"content": to_bytes(make_image(64, 64)), "params": {"max_tokens": "many"}}, 400, "invalid_request_error"),
+        ({"content": to_bytes(make_image(64, 64)), "params": {"prompt": "x" * 5000}}, 400, "invalid_request_error"),
+        ({"files": {"other": ("a.txt", b"hello", "text/plain")}}, 400, "invalid_request_error"),
+    ],
+)
+def test_bad_requests_get_a_4xx_json_error_and_the_server_keeps_serving(served, kwargs, status, error_type):
+    response = httpx.post(f"{BASE_URL}/vllm/ocr", timeout=60, **kwargs)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["type"] == error_type
+    assert error["code"] == status
+    assert error["message"]
+    good = httpx.post(f"{BASE_URL}/vllm/ocr", params={"max_tokens": 2}, content=to_bytes(make_image(64, 64)), timeout=120)
+    assert good.status_code == 200
+
+
+def test_body_over_the_limit_is_413(served):
+    too_big = b"\xff" * (20 * 1024 * 1024 + 1)
+    response = httpx.post(f"{BASE_URL}/vllm/ocr", content=too_big, timeout=60)
+    assert response.status_code == 413
+    assert response.json()["error"]["type"] == "payload_too_large"
+
+
+def test_healthz_reports_every_stage(served):
+    response = httpx.get(f"{BASE_URL}/vllm/healthz", timeout=30)
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "stages": {"preprocessor": "ok", "encoder": "ok", "decoder": "ok"}}
+
+
+def test_openapi_documents_the_ocr_endpoint(served):
+    schema = httpx.get(f"{BASE_URL}/vllm/openapi.json", timeout=30).json()
+    assert "/ocr" in schema["paths"]
+    assert "OCRResponse" in schema["components"]["schemas"]
