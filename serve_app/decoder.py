@@ -21,7 +21,9 @@ class Decoder:
     async def generate(
         self, prompt: str, image: ImageEmbeddings, sampling: SamplingOptions, request_id: str
     ) -> DecodeResult:
-        return await self.engine.generate(DecodeRequest(prompt, image, sampling, request_id))
+        result = await self.engine.generate(DecodeRequest(prompt, image, sampling, request_id))
+        result.encode_ms, result.encoder_batch_size = image.encode_ms, image.batch_size
+        return result
 
     async def check_health(self) -> None:
         await self.engine.check_health()
@@ -30,4 +32,6 @@ class Decoder:
         return True
 
     async def __del__(self):
-        await self.engine.shutdown()
+        engine = getattr(self, "engine", None)  # absent if the constructor failed
+        if engine is not None:
+            await engine.shutdown()

@@ -117,7 +117,6 @@ class OCRIngress:
         embeddings_response = self.encoder.encode.remote(prepared_response)
         prepared = await prepared_response
         result = await self.decoder.generate.remote(prepared.prompt, embeddings_response, sampling, request_id)
-        embeddings_meta = await self.encoder_meta(embeddings_response)
         return OCRResponse(
             id=request_id,
             model=self.config.model.served_model_name,
@@ -130,10 +129,10 @@ class OCRIngress:
             ),
             timings_ms=StageTimings(
                 preprocess=round(prepared.preprocess_ms, 2),
-                encode=round(embeddings_meta[0], 2),
+                encode=round(result.encode_ms, 2),
                 decode=round(result.decode_ms, 2),
                 total=round((time.perf_counter() - started) * 1000, 2),
-                encoder_batch_size=embeddings_meta[1],
+                encoder_batch_size=result.encoder_batch_size,
             ),
             image=ImageInfo(
                 width=prepared.original_size[0],
@@ -145,11 +144,6 @@ class OCRIngress:
                 exif_orientation=prepared.exif_orientation,
             ),
         )
-
-    @staticmethod
-    async def encoder_meta(embeddings_response) -> tuple[float, int]:
-        embeddings = await embeddings_response
-        return embeddings.encode_ms, embeddings.batch_size
 
     @app.get("/healthz", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
     async def healthz(self) -> JSONResponse:

@@ -57,3 +57,6 @@ class DecodeResult:
     completion_tokens: int
     finish_reason: str  # "stop" or "length"
     decode_ms: float = 0.0
+    # Carried through from the encoder, so the ingress never fetches the embeddings themselves.
+    encode_ms: float = 0.0
+    encoder_batch_size: int = 1
