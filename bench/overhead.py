@@ -160,12 +160,12 @@ def main() -> None:
 
     from ray import serve
 
-    from serve_app.app import build_app
+    from serve_app.app import build_graph
     from serve_app.config import OCRAppConfig
 
     config = OCRAppConfig.from_serve_config(args.config)
     serve.start(http_options={"host": "127.0.0.1", "port": args.port})
-    serve.run(build_app(config), name="ocr", route_prefix="/")
+    serve.run(build_graph(config), name="ocr", route_prefix="/")
     try:
         report = asyncio.run(main_async(args, config))
     finally:

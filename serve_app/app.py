@@ -43,8 +43,13 @@ def load_config(args: OCRAppConfig | dict[str, Any] | None) -> OCRAppConfig:
     return config
 
 
-def build_app(args: OCRAppConfig | dict[str, Any] | None = None, engine_class: type[DecoderEngine] | None = None) -> Application:
-    config = load_config(args)
+def build_app(args: dict[str, Any]) -> Application:
+    """Entry point of `serve run` (Ray Serve calls it with the config file's `args`)."""
+    return build_graph(load_config(args))
+
+
+def build_graph(config: OCRAppConfig, engine_class: type[DecoderEngine] | None = None) -> Application:
+    """Bind every deployment of the graph. `engine_class` lets tests inject a decoder engine."""
     preprocessor = Preprocessor.options(name="Preprocessor", **config.preprocessor.deployment_options()).bind(config)
     encoder = VisionEncoder.options(name="VisionEncoder", **config.encoder.deployment_options()).bind(config)
     decoder = Decoder.options(name="Decoder", **config.decoder.deployment_options()).bind(config, engine_class)

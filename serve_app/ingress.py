@@ -73,6 +73,11 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
+def _str_field(value) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+# Helpers above this point: Serve captures the app when the decorator runs, before later names exist.
 @serve.deployment
 @serve.ingress(app)
 class OCRIngress:
@@ -91,6 +96,7 @@ class OCRIngress:
     @app.post(
         "/ocr",
         response_model=OCRResponse,
+        response_model_exclude_none=True,
         responses=ERROR_RESPONSES,
         summary="OCR one image",
         description="Send the image as the raw body (`curl --data-binary @page.jpg`) or as the `file` field "
@@ -101,6 +107,7 @@ class OCRIngress:
         request: Request,
         prompt: str | None = Query(None, description="Instruction; the default extracts the text."),
         max_tokens: int | None = Query(None, description="Most tokens to generate."),
+        return_token_ids: bool = Query(False, description="Also return the generated token ids."),
     ) -> OCRResponse:
         started = time.perf_counter()
         limits = self.config.limits
@@ -143,6 +150,7 @@ class OCRIngress:
                 model_height=prepared.model_size[1],
                 exif_orientation=prepared.exif_orientation,
             ),
+            token_ids=result.token_ids if return_token_ids else None,
         )
 
     @app.get("/healthz", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
@@ -201,7 +209,3 @@ class OCRIngress:
                 f"max_tokens must be between 1 and {limits.max_tokens_cap}; got {max_tokens}.", "max_tokens"
             )
         return max_tokens
-
-
-def _str_field(value) -> str | None:
-    return value if isinstance(value, str) else None

@@ -9,6 +9,7 @@ import numpy as np
 from ray import serve
 
 from serve_app.config import OCRAppConfig
+from serve_app.errors import InvalidRequestError
 from serve_app.images import decode_image, fit_to_budget
 from serve_app.model_files import resolve_model_path
 from serve_app.stage_io import PreparedImage
@@ -26,8 +27,14 @@ class ImagePreparer:
         self.pixel_budget = {"shortest_edge": config.model.min_pixels, "longest_edge": config.model.max_pixels}
         image_processor = self.processor.image_processor
         self.resize_factor = image_processor.patch_size * image_processor.merge_size
+        self.reserved_tokens = [token for token in self.processor.tokenizer.all_special_tokens if token]
 
     def build_prompt(self, instruction: str) -> str:
+        # A special token typed into the instruction (an image placeholder, a turn marker) would change
+        # the prompt's structure, not its text.
+        for token in self.reserved_tokens:
+            if token in instruction:
+                raise InvalidRequestError(f"prompt contains the reserved token {token!r}; remove it.", "prompt")
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": instruction}]}]
         return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 

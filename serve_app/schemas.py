@@ -37,6 +37,7 @@ class OCRResponse(BaseModel):
     usage: Usage
     timings_ms: StageTimings
     image: ImageInfo
+    token_ids: list[int] | None = Field(None, description="Generated token ids, when return_token_ids=true.")
 
 
 class ErrorDetail(BaseModel):

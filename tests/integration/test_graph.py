@@ -12,7 +12,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from serve_app.app import build_app
+from serve_app.app import build_graph
 from serve_app.config import OCRAppConfig
 from tests.conftest import make_image, to_bytes, with_exif_orientation
 from tests.reference import reference_generate
@@ -44,7 +44,7 @@ def served(tiny_checkpoint):
     ray.init(num_cpus=4, include_dashboard=False, configure_logging=False)
     serve.start(http_options={"host": "127.0.0.1", "port": HTTP_PORT})
     for engine, route in ROUTES.items():
-        serve.run(build_app(graph_config(str(tiny_checkpoint), engine)), name=engine, route_prefix=route)
+        serve.run(build_graph(graph_config(str(tiny_checkpoint), engine)), name=engine, route_prefix=route)
     yield str(tiny_checkpoint)
     serve.shutdown()
     ray.shutdown()
@@ -74,7 +74,7 @@ def test_concurrent_http_results_match_transformers_generate_token_for_token(ser
             requests = [
                 client.post(
                     f"{ROUTES[engine]}/ocr",
-                    params={"max_tokens": MAX_TOKENS, "prompt": INSTRUCTION},
+                    params={"max_tokens": MAX_TOKENS, "prompt": INSTRUCTION, "return_token_ids": "true"},
                     content=data,
                     headers={"Content-Type": "application/octet-stream"},
                 )
@@ -89,7 +89,10 @@ def test_concurrent_http_results_match_transformers_generate_token_for_token(ser
         expected_text, expected_ids = reference_generate(
             served, image, INSTRUCTION, MAX_TOKENS, config.model.min_pixels, config.model.max_pixels
         )
-        assert body["text"] == expected_text, name
+        assert body["token_ids"] == expected_ids, name
+        # vLLM's incremental detokenizer holds back a trailing incomplete UTF-8 sequence (which
+        # transformers' decode shows as U+FFFD); the random tiny model emits such byte tokens.
+        assert body["text"] in (expected_text, expected_text.rstrip("\ufffd")), name
         assert body["usage"]["completion_tokens"] == len(expected_ids), name
         assert body["text"].strip(), f"{name}: the untied tiny model should produce visible text"
     rotated = responses[-1].json()["image"]
@@ -143,6 +146,11 @@ def test_max_tokens_cuts_the_output(served):
         ({"content": to_bytes(make_image(64, 64)), "params": {"max_tokens": "many"}}, 400, "invalid_request_error"),
         ({"content": to_bytes(make_image(64, 64)), "params": {"prompt": "x" * 5000}}, 400, "invalid_request_error"),
         ({"files": {"other": ("a.txt", b"hello", "text/plain")}}, 400, "invalid_request_error"),
+        (
+            {"content": to_bytes(make_image(64, 64)), "params": {"prompt": "read <｜hy_place▁holder▁no▁102｜> twice"}},
+            400,
+            "invalid_request_error",
+        ),
     ],
 )
 def test_bad_requests_get_a_4xx_json_error_and_the_server_keeps_serving(served, kwargs, status, error_type):

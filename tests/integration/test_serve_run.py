@@ -28,6 +28,8 @@ def wait_until_healthy(process: subprocess.Popen, log: Path) -> None:
     while time.monotonic() < deadline:
         if process.poll() is not None:
             pytest.fail(f"serve run exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+        if "Deploying app 'ocr' failed" in log.read_text():
+            pytest.fail(f"the application failed to deploy:\n{log.read_text()[-6000:]}")
         try:
             if httpx.get(f"{URL}/healthz", timeout=5).status_code == 200:
                 return

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
 from ray.serve._private.build_app import build_app as build_serve_app
 
 from serve_app.app import ConfigError, build_app, load_config
@@ -15,9 +16,15 @@ ROOT = Path(__file__).resolve().parents[2]
 STAGES = {"Preprocessor": "preprocessor", "VisionEncoder": "encoder", "Decoder": "decoder", "OCRIngress": "ingress"}
 
 
+def serve_args(config_path: Path) -> dict:
+    return yaml.safe_load(config_path.read_text())["applications"][0]["args"]
+
+
 def deployments_of(config_path: Path) -> tuple[OCRAppConfig, dict]:
+    """What `serve run config_path` deploys: Ray's own builder call on the file's args."""
     config = OCRAppConfig.from_serve_config(config_path)
-    built = build_serve_app(build_app(config), name="ocr")
+    application = call_user_app_builder_with_args_if_necessary(build_app, serve_args(config_path))
+    built = build_serve_app(application, name="ocr")
     return config, {deployment.name: deployment for deployment in built.deployments}
 
 
@@ -84,7 +91,7 @@ def test_cpu_config_schedules_on_two_cores():
 )
 def test_invalid_config_names_the_field(args, field):
     with pytest.raises(ConfigError) as raised:
-        load_config(args)
+        call_user_app_builder_with_args_if_necessary(build_app, args)
     assert field in str(raised.value)
 
 

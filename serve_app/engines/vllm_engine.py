@@ -1,0 +1,208 @@
+"""Production decoder engine: vLLM's AsyncLLM generating from a prompt plus precomputed image embeddings.
+
+The embeddings reach vLLM through the HunYuanVL subclass in `serve_app.vllm_hunyuan_embeds`
+(registered with `model_class_overrides`, input enabled by `enable_mm_embeds`). By default the
+image limit is 0 ("embeddings only"), so the decoder never builds or loads the vision tower.
+Continuous batching, KV cache management and scheduling are vLLM's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import difflib
+import logging
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+import torch
+
+from serve_app.config import DecoderConfig, ModelConfig
+from serve_app.engines.base import DecoderEngine
+from serve_app.errors import InvalidRequestError, ServiceUnavailableError
+from serve_app.stage_io import DecodeRequest, DecodeResult
+from serve_app.vllm_hunyuan_embeds import MODEL_CLASS_OVERRIDE, image_token_counts
+
+logger = logging.getLogger(__name__)
+
+ARCHITECTURE = "HunYuanVLForConditionalGeneration"
+TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+# Derived from ModelConfig / fixed by this engine; setting them in engine_args would contradict it.
+ENGINE_OWNED_ARGS = frozenset({"model", "dtype", "enable_mm_embeds", "model_class_overrides"})
+
+
+def _engine_arg_names() -> set[str]:
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    return {field.name for field in dataclasses.fields(AsyncEngineArgs)}
+
+
+def validate_engine_args(engine_args: dict[str, Any]) -> None:
+    """Raise ValueError naming every key that is not a vLLM AsyncEngineArgs field (or is engine-owned)."""
+    names = _engine_arg_names()
+    problems = []
+    for key in sorted(engine_args):
+        if key in ENGINE_OWNED_ARGS:
+            problems.append(f"{key!r} is set by the engine from the model config")
+        elif key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.append(f"{key!r} is not a vLLM AsyncEngineArgs field{hint}")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def build_engine_args(model: ModelConfig, decoder: DecoderConfig, model_path: str) -> dict[str, Any]:
+    """Keyword arguments for AsyncEngineArgs: our defaults, overridden by the config's engine_args, plus the
+    settings this engine owns (checkpoint, dtype, the embeddings model class)."""
+    validate_engine_args(decoder.engine_args)
+    args: dict[str, Any] = {
+        "model": model_path,
+        "served_model_name": model.served_model_name,
+        # Embeddings only: no vision tower in the decoder (the VisionEncoder stage owns it).
+        "limit_mm_per_prompt": {"image": 0},
+        # HunyuanOCR's official serving flags: every page is a new image, so prefixes rarely repeat.
+        "enable_prefix_caching": False,
+        "mm_processor_cache_gb": 0,
+    }
+    args.update(decoder.engine_args)
+    args.update(
+        dtype=model.dtype,
+        enable_mm_embeds=True,
+        model_class_overrides={ARCHITECTURE: MODEL_CLASS_OVERRIDE},
+    )
+    return args
+
+
+class VLLMEngine(DecoderEngine):
+    def __init__(self, model: ModelConfig, decoder: DecoderConfig, model_path: str):
+        super().__init__(model, decoder, model_path)
+        self.engine_args = build_engine_args(model, decoder, model_path)
+        self.torch_dtype = TORCH_DTYPES[model.dtype]
+        self._llm = None
+        self._in_flight: set[str] = set()
+        self._merge_size = 2
+        self._hidden_size: int | None = None
+        self._image_token = ""
+
+    async def start(self) -> None:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        started = time.perf_counter()
+        try:
+            self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**self.engine_args))
+        except Exception as error:
+            # vLLM's own message is "Engine core initialization failed. See root cause above":
+            # say which model and arguments, the cause is chained.
+            raise RuntimeError(
+                f"vLLM engine failed to start for {self.model_path} with {self.decoder.engine_args}: {error}"
+            ) from error
+        hf_config = self._llm.model_config.hf_config
+        self._merge_size = hf_config.vision_config.spatial_merge_size
+        self._hidden_size = hf_config.get_text_config().hidden_size
+        self._image_token = self._llm.get_tokenizer().convert_ids_to_tokens(hf_config.image_token_id)
+        logger.info("vLLM engine started in %.1f s", time.perf_counter() - started)
+
+    def _engine(self):
+        if self._llm is None:
+            raise RuntimeError("vLLM engine is not running (not started, or shut down)")
+        return self._llm
+
+    def _embeddings_tensor(self, request: DecodeRequest) -> tuple[torch.Tensor, torch.Tensor]:
+        # Arrays that came through Ray are read-only views of the object store: copy deliberately.
+        embeds = torch.from_numpy(np.array(request.image.embeddings, dtype=np.float32, order="C", copy=True))
+        grid = torch.from_numpy(np.array(request.image.image_grid_thw, dtype=np.int64, copy=True)).reshape(3)
+        # Checked here too (vLLM's parser checks again) so a bad stage output fails with a plain ValueError.
+        expected = int(image_token_counts(grid, self._merge_size).sum())
+        if embeds.ndim != 2 or embeds.shape[0] != expected or embeds.shape[1] != self._hidden_size:
+            raise ValueError(
+                f"image embeddings have shape {tuple(embeds.shape)}, but image_grid_thw {grid.tolist()} "
+                f"needs ({expected}, {self._hidden_size})"
+            )
+        return embeds.to(self.torch_dtype), grid
+
+    async def generate(self, request: DecodeRequest) -> DecodeResult:
+        from vllm import SamplingParams
+        from vllm.exceptions import VLLMClientError
+        from vllm.renderers.inputs.preprocess import parse_model_prompt
+        from vllm.sampling_params import RequestOutputKind
+        from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
+
+        llm = self._engine()
+        if request.prompt.count(self._image_token) != 1:
+            # Also catches an instruction that smuggles in the image token: vLLM would expand only one.
+            raise ValueError(f"the prompt must contain exactly one image placeholder {self._image_token!r}")
+        embeds, grid = self._embeddings_tensor(request)
+        sampling = request.sampling
+        image = {"image_embeds": embeds, "image_grid_thw": grid}
+        prompt = {"prompt": request.prompt, "multi_modal_data": {"image": image}}
+        try:
+            params = SamplingParams(
+                max_tokens=sampling.max_tokens,
+                temperature=sampling.temperature,
+                top_k=sampling.top_k,
+                repetition_penalty=sampling.repetition_penalty,
+                skip_special_tokens=True,
+                output_kind=RequestOutputKind.FINAL_ONLY,  # one output at the end, no per-token streaming
+            )
+            # Render (tokenize, expand the image placeholder) ourselves, off the event loop; passing
+            # raw prompts to generate() is deprecated in vLLM 0.32.
+            (engine_input,) = await llm.renderer.render_cmpl_async([parse_model_prompt(llm.model_config, prompt)])
+        except (ValueError, VLLMClientError) as error:
+            # e.g. image tokens + max_tokens over max_model_len: the caller can fix it (smaller image/max_tokens).
+            raise InvalidRequestError(f"The decoder rejected the request: {error}") from error
+        # vLLM aborts by external id, and aborts every request sharing it: keep ours unique.
+        request_id = request.request_id or uuid.uuid4().hex
+        if request_id in self._in_flight:
+            request_id = f"{request_id}-{uuid.uuid4().hex[:8]}"
+        self._in_flight.add(request_id)
+        started = time.perf_counter()
+        final = None
+        try:
+            async with contextlib.aclosing(llm.generate(engine_input, params, request_id)) as outputs:
+                async for output in outputs:
+                    final = output
+        except asyncio.CancelledError:
+            # The caller went away (client disconnect, Serve cancellation): free the sequence now.
+            await asyncio.shield(llm.abort(request_id))
+            raise
+        except VLLMClientError as error:
+            raise InvalidRequestError(f"The decoder rejected the request: {error}") from error
+        except EngineDeadError as error:
+            # The replica's health check now fails too, and Serve replaces it: retriable.
+            raise ServiceUnavailableError("The decoder engine stopped; retry shortly.") from error
+        except EngineGenerateError as error:
+            if isinstance(error.__cause__, ValueError):
+                raise InvalidRequestError(f"The decoder rejected the request: {error.__cause__}") from error
+            raise
+        finally:
+            self._in_flight.discard(request_id)
+        decode_ms = (time.perf_counter() - started) * 1000
+        if final is None or not final.finished:
+            raise RuntimeError(f"vLLM returned no final output for request {request_id}")
+        completion = final.outputs[0]
+        if completion.finish_reason not in ("stop", "length"):
+            raise RuntimeError(f"vLLM finished request {request_id} with reason {completion.finish_reason!r}")
+        token_ids = list(completion.token_ids)
+        return DecodeResult(
+            text=completion.text,
+            token_ids=token_ids,
+            prompt_tokens=len(final.prompt_token_ids or []),
+            completion_tokens=len(token_ids),
+            finish_reason=completion.finish_reason,
+            decode_ms=decode_ms,
+        )
+
+    async def check_health(self) -> None:
+        # AsyncLLM.check_health raises EngineDeadError once the engine core process died or
+        # the output loop stopped; before start / after shutdown there is no engine at all.
+        await self._engine().check_health()
+
+    async def shutdown(self) -> None:
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            llm.shutdown()

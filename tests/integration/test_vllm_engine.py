@@ -1,0 +1,260 @@
+"""VLLMEngine (AsyncLLM + the HunYuanVL embeddings subclass) on the tiny checkpoint, with the CPU deployment's
+engine settings: decoding from precomputed embeddings == transformers' generate from pixels, token for token.
+
+One engine for the whole module (vLLM starts in ~15-25 s on 2 cores). AsyncLLM binds to the event loop of its
+first request, so every test runs its coroutines on one module-scoped loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+
+from serve_app.config import DecoderConfig, ModelConfig, OCRAppConfig  # noqa: E402
+from serve_app.engines.vllm_engine import VLLMEngine, build_engine_args, validate_engine_args  # noqa: E402
+from serve_app.hunyuan_vl import encode_images, load_vision_tower  # noqa: E402
+from serve_app.errors import InvalidRequestError
+from serve_app.stage_io import DecodeRequest, ImageEmbeddings, SamplingOptions  # noqa: E402
+from serve_app.vllm_hunyuan_embeds import HunYuanVLEmbedsDataParser  # noqa: E402
+from tests.conftest import make_image  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+CPU_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "cpu.yaml"
+# What configs/cpu.yaml's decoder uses; the file wins when present so the test follows the deployment.
+FALLBACK_ENGINE_ARGS = {
+    "enforce_eager": True,
+    "kv_cache_memory_bytes": 64 * 2**20,
+    "max_model_len": 2048,  # a 512x512 image (274 image tokens) + prompt + ~1.7k generated tokens
+    "max_num_seqs": 32,
+    "enable_prefix_caching": False,
+    "mm_processor_cache_gb": 0,
+}
+INSTRUCTION = "提取图中的文字。"
+MAX_TOKENS = 24
+# Landscape, portrait, a long strip, and one larger than the pixel budget (downscaled to the largest grid).
+SIZES = [(320, 200), (120, 400), (600, 90), (900, 700)]
+
+
+def _deployment_configs(checkpoint: Path) -> tuple[ModelConfig, DecoderConfig]:
+    if CPU_CONFIG.exists():
+        app = OCRAppConfig.from_serve_config(CPU_CONFIG)
+        model = app.model.model_copy(update={"source": str(checkpoint)})
+        return model, app.decoder
+    model = ModelConfig(
+        source=str(checkpoint), dtype="float32", device="cpu", min_pixels=128 * 128, max_pixels=512 * 512
+    )
+    return model, DecoderConfig(engine="vllm", engine_args=FALLBACK_ENGINE_ARGS)
+
+
+@pytest.fixture(scope="module")
+def configs(tiny_checkpoint):
+    model, decoder = _deployment_configs(tiny_checkpoint)
+    assert model.dtype == "float32" and decoder.engine_args.get("enforce_eager") is True
+    return model, decoder
+
+
+@pytest.fixture(scope="module")
+def loop():
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_checkpoint, configs, loop):
+    model, decoder = configs
+    engine = VLLMEngine(model, decoder, str(tiny_checkpoint))
+    loop.run_until_complete(engine.start())
+    yield engine
+    loop.run_until_complete(engine.shutdown())
+
+
+@pytest.fixture(scope="module")
+def cases(tiny_checkpoint, configs):
+    """Per image: prompt, embeddings from the pipeline's vision tower, and transformers' greedy output."""
+    from transformers import AutoProcessor, HunYuanVLForConditionalGeneration
+
+    model_config, _ = configs
+    processor = AutoProcessor.from_pretrained(tiny_checkpoint)
+    full_model = HunYuanVLForConditionalGeneration.from_pretrained(tiny_checkpoint, dtype=torch.float32).eval()
+    tower = load_vision_tower(str(tiny_checkpoint), torch.float32, "cpu")
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": INSTRUCTION}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    budget = {"shortest_edge": model_config.min_pixels, "longest_edge": model_config.max_pixels}
+    out = []
+    for seed, (width, height) in enumerate(SIZES):
+        image = make_image(width, height, seed=seed)
+        inputs = processor(text=[prompt], images=[image], size=budget, return_tensors="pt")
+        with torch.inference_mode():
+            generated = full_model.generate(**inputs, max_new_tokens=MAX_TOKENS, do_sample=False)
+        grid = inputs["image_grid_thw"][0].numpy()
+        (embeddings,) = encode_images(tower, [inputs["pixel_values"].numpy()], [grid])
+        embeddings.setflags(write=False)  # as they arrive through Ray
+        out.append(
+            {
+                "prompt": prompt,
+                "image": ImageEmbeddings(embeddings=embeddings, image_grid_thw=grid),
+                "hf_ids": generated[0, inputs["input_ids"].shape[1] :].tolist(),
+                "hf_prompt_tokens": inputs["input_ids"].shape[1],
+            }
+        )
+    grids = {tuple(case["image"].image_grid_thw.tolist()) for case in out}
+    assert len(grids) == len(SIZES), f"images should give distinct grids, got {grids}"
+    return out
+
+
+def _request(case, request_id: str = "", embeddings: np.ndarray | None = None, max_tokens: int = MAX_TOKENS):
+    image = case["image"]
+    if embeddings is not None:
+        image = ImageEmbeddings(embeddings=embeddings, image_grid_thw=image.image_grid_thw)
+    return DecodeRequest(case["prompt"], image, SamplingOptions(max_tokens=max_tokens), request_id)
+
+
+def test_embeddings_match_transformers_generate(engine, cases, loop):
+    for index, case in enumerate(cases):
+        result = loop.run_until_complete(engine.generate(_request(case, f"match-{index}")))
+        assert result.token_ids == case["hf_ids"], f"image {index} grid {case['image'].image_grid_thw.tolist()}"
+        assert result.prompt_tokens == case["hf_prompt_tokens"]
+        assert result.completion_tokens == len(result.token_ids)
+        assert result.finish_reason == ("length" if len(result.token_ids) == MAX_TOKENS else "stop")
+        assert isinstance(result.text, str) and result.decode_ms > 0
+
+
+def test_concurrent_requests_match_sequential(engine, cases, loop):
+    requests = [_request(case, f"batch-{i}") for i, case in enumerate(cases + cases)]
+
+    async def all_at_once():
+        return await asyncio.gather(*(engine.generate(request) for request in requests))
+
+    results = loop.run_until_complete(all_at_once())
+    assert [r.token_ids for r in results] == [case["hf_ids"] for case in cases + cases]
+
+
+def test_duplicate_request_ids_are_independent(engine, cases, loop):
+    async def same_id():
+        return await asyncio.gather(*(engine.generate(_request(case, "same-id")) for case in cases))
+
+    assert [r.token_ids for r in loop.run_until_complete(same_id())] == [case["hf_ids"] for case in cases]
+
+
+def test_random_embeddings_change_the_output(engine, cases, loop):
+    case = cases[0]
+    noise = np.random.default_rng(0).standard_normal(case["image"].embeddings.shape).astype(np.float32)
+    result = loop.run_until_complete(engine.generate(_request(case, "random", embeddings=noise)))
+    assert result.token_ids != case["hf_ids"]
+
+
+@pytest.mark.parametrize("change", ["one_row_short", "one_row_extra", "wrong_hidden", "flat"])
+def test_malformed_embeddings_are_rejected_with_value_error(engine, cases, loop, change):
+    embeddings = cases[0]["image"].embeddings
+    bad = {
+        "one_row_short": embeddings[:-1],
+        "one_row_extra": np.concatenate([embeddings, embeddings[:1]]),
+        "wrong_hidden": embeddings[:, :-1],
+        "flat": embeddings.reshape(-1),
+    }[change]
+    with pytest.raises(ValueError, match="image_grid_thw"):
+        loop.run_until_complete(engine.generate(_request(cases[0], f"bad-{change}", embeddings=bad)))
+    # A rejected request leaves the engine serving.
+    loop.run_until_complete(engine.check_health())
+    assert loop.run_until_complete(engine.generate(_request(cases[0]))).token_ids == cases[0]["hf_ids"]
+
+
+@pytest.mark.parametrize("change", ["no_placeholder", "two_placeholders", "max_tokens_0"])
+def test_bad_prompt_or_sampling_is_rejected_with_value_error(engine, cases, loop, change):
+    case = cases[0]
+    image_token = engine._image_token
+    prompt, sampling = case["prompt"], SamplingOptions(max_tokens=8)
+    if change == "no_placeholder":
+        prompt = prompt.replace(image_token, "")
+    elif change == "two_placeholders":  # e.g. an instruction that contains the image token
+        prompt = prompt.replace(INSTRUCTION, INSTRUCTION + image_token)
+    else:
+        sampling = SamplingOptions(max_tokens=0)
+    # A malformed prompt is a pipeline bug (ValueError -> 500); a bad max_tokens is the caller's (400).
+    with pytest.raises(InvalidRequestError if change == "max_tokens_0" else ValueError):
+        loop.run_until_complete(engine.generate(DecodeRequest(prompt, case["image"], sampling, f"bad-{change}")))
+
+
+def test_vllm_parser_rejects_wrong_row_count():
+    """The same check inside vLLM, for callers that bypass VLLMEngine (e.g. AsyncLLM directly)."""
+    parser = HunYuanVLEmbedsDataParser(2, expected_hidden_size=128)
+    grid = torch.tensor([1, 8, 12])  # 4 * (6 + 1) + 2 = 30 rows
+    items = parser.parse_mm_data({"image": {"image_embeds": torch.zeros(30, 128), "image_grid_thw": grid}})
+    assert items.get_all_counts() == {"image": 1}
+    with pytest.raises(ValueError, match=r"expected \(30, hidden\)"):
+        parser.parse_mm_data({"image": {"image_embeds": torch.zeros(29, 128), "image_grid_thw": grid}})
+    with pytest.raises(ValueError, match="hidden size"):
+        parser.parse_mm_data({"image": {"image_embeds": torch.zeros(30, 64), "image_grid_thw": grid}})
+    with pytest.raises(ValueError, match="image_grid_thw"):
+        parser.parse_mm_data({"image": {"image_embeds": torch.zeros(30, 128)}})
+
+
+def test_prompt_longer_than_max_model_len_is_rejected(engine, cases, loop):
+    case = cases[0]
+    long_prompt = case["prompt"].replace(INSTRUCTION, INSTRUCTION * 2000)
+    request = DecodeRequest(long_prompt, case["image"], SamplingOptions(max_tokens=8), "too-long")
+    with pytest.raises(InvalidRequestError, match="decoder rejected the request") as raised:
+        loop.run_until_complete(engine.generate(request))
+    assert raised.value.status_code == 400
+
+
+def test_cancelled_request_is_aborted(engine, cases, loop):
+    async def cancel_midway():
+        task = asyncio.ensure_future(engine.generate(_request(cases[0], "cancel-me", max_tokens=1500)))
+        await asyncio.sleep(0.5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        for _ in range(50):
+            if engine._llm.get_num_unfinished_requests() == 0:
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError("the cancelled request is still running in vLLM")
+
+    loop.run_until_complete(cancel_midway())
+    loop.run_until_complete(engine.check_health())
+
+
+def test_check_health_on_live_engine(engine, loop):
+    loop.run_until_complete(engine.check_health())
+
+
+def test_engine_args_validation(configs, tiny_checkpoint):
+    model, decoder = configs
+    validate_engine_args(decoder.engine_args)
+    args = build_engine_args(model, decoder, str(tiny_checkpoint))
+    assert args["enable_mm_embeds"] is True and args["limit_mm_per_prompt"] == {"image": 0}
+    assert args["dtype"] == model.dtype
+    with pytest.raises(ValueError, match="'max_model_length'.*did you mean 'max_model_len'"):
+        validate_engine_args({"max_model_length": 4096})
+    with pytest.raises(ValueError, match="'dtype' is set by the engine"):
+        validate_engine_args({"dtype": "float16"})
+
+
+def test_check_health_raises_once_the_engine_core_dies(engine, loop):
+    """Runs last: kills the module's engine core process, as a crash (OOM kill, segfault) would."""
+    import psutil
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    cores = [p for p in psutil.Process().children(recursive=True) if "EngineCore" in " ".join(p.cmdline() + [p.name()])]
+    assert cores, "no EngineCore process found"
+    for core in cores:
+        core.kill()
+
+    async def wait_for_death():
+        for _ in range(100):
+            try:
+                await engine.check_health()
+            except EngineDeadError:
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError("check_health still passes 10 s after the engine core was killed")
+
+    loop.run_until_complete(wait_for_death())
