@@ -1,6 +1,7 @@
 # Two commands on a fresh machine:  `make serve` (run the service)  and  `make test` (run the tests).
 # Where an NVIDIA GPU is present, `make serve` installs vLLM's CUDA build and serves serve_config.yaml
-# (tencent/HunyuanOCR); elsewhere it installs vLLM's CPU build and serves configs/cpu.yaml.
+# (tencent/HunyuanOCR); elsewhere it installs vLLM's CPU build and serves configs/lite.yaml
+# (PP-OCRv6 from the rapidocr wheel: real OCR on any CPU, no download).
 PYTHON ?= python3
 VENV ?= .venv
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
@@ -10,7 +11,7 @@ SERVE_CONFIG ?= serve_config.yaml
 CPU_COMPAT :=
 else
 EXTRA := cpu
-SERVE_CONFIG ?= configs/cpu.yaml
+SERVE_CONFIG ?= configs/lite.yaml
 # Only the CPU install gets the import fix for PyPI's CUDA-only torchvision/torchaudio/torchcodec.
 CPU_COMPAT := ./cpu_compat
 endif

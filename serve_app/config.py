@@ -20,6 +20,11 @@ class _Strict(BaseModel):
 
 
 class ModelConfig(_Strict):
+    family: Literal["hunyuan_vl", "pp_ocr"] = Field(
+        "hunyuan_vl",
+        description="'hunyuan_vl': HunyuanOCR (vision tower -> vLLM/transformers). 'pp_ocr': PP-OCRv6 small "
+        "detection -> recognition from the rapidocr wheel, offline on any CPU (tasks text and spotting only).",
+    )
     source: str = Field(
         "tencent/HunyuanOCR",
         description=f"Hub id, local checkpoint directory, or '{TINY_RANDOM_SOURCE}' "
@@ -31,6 +36,7 @@ class ModelConfig(_Strict):
     device: Literal["auto", "cuda", "cpu"] = Field("auto", description="Torch device of the vision encoder.")
     min_pixels: int = Field(512 * 512, gt=0, description="Pixel budget lower bound of the image processor.")
     max_pixels: int = Field(2048 * 2048, gt=0, description="Pixel budget upper bound of the image processor.")
+    num_threads: int = Field(1, ge=1, description="onnxruntime threads per replica (pp_ocr family).")
 
     @model_validator(mode="after")
     def _budget_ordered(self) -> ModelConfig:
@@ -46,6 +52,8 @@ class LimitsConfig(_Strict):
     )
     max_image_side: int = Field(20_000, gt=0, description="Longest accepted image side in pixels.")
     max_prompt_chars: int = Field(4_000, gt=0, description="Longest accepted instruction.")
+    max_pages: int = Field(50, ge=1, description="Most pages (PDF pages or images) in one request.")
+    pdf_max_dpi: int = Field(200, ge=36, description="PDF pages render at most at this DPI (and within max_pixels).")
     max_tokens_cap: int = Field(16_384, gt=0, description="Server-side cap on max_tokens.")
     default_max_tokens: int = Field(2_048, gt=0, description="max_tokens when the caller gives none.")
 
@@ -54,6 +62,16 @@ class LimitsConfig(_Strict):
         if self.default_max_tokens > self.max_tokens_cap:
             raise ValueError("default_max_tokens must not exceed max_tokens_cap")
         return self
+
+
+class RepetitionGuardConfig(_Strict):
+    """Stop a generation whose tail loops, and keep one copy of a repeated tail in cut-off text."""
+
+    enabled: bool = True
+    min_repeats: int = Field(8, ge=2, description="Copies of one block that count as a loop.")
+    max_period_tokens: int = Field(64, ge=1, description="Longest repeated block looked for (tokens).")
+    min_span_tokens: int = Field(64, ge=1, description="A loop must span at least this many tokens.")
+    check_every_tokens: int = Field(16, ge=1, description="How often the tail is checked while generating.")
 
 
 class AutoscalingConfig(_Strict):
@@ -132,14 +150,24 @@ class IngressConfig(StageConfig):
     num_cpus: float = Field(0.25, ge=0)
 
 
+class UIConfig(_Strict):
+    enabled: bool = Field(False, description="Serve the web UI (Gradio) from the ingress.")
+    path: str = Field("/ui", pattern=r"^/[A-Za-z0-9_\-/]*[A-Za-z0-9_\-]$", description="Where the UI is mounted.")
+
+
 class OCRAppConfig(_Strict):
     model: ModelConfig = ModelConfig()
     limits: LimitsConfig = LimitsConfig()
     default_instruction: str = Field("提取图中的文字。", min_length=1, description="Used when no prompt is given.")
+    repetition_guard: RepetitionGuardConfig = RepetitionGuardConfig()
+    fields_max_value_chars: int = Field(
+        256, ge=1, description="Longest value per key in the fields task (bounds guided JSON strings)."
+    )
     preprocessor: PreprocessorConfig = PreprocessorConfig()
     encoder: EncoderConfig = EncoderConfig()
     decoder: DecoderConfig = DecoderConfig()
     ingress: IngressConfig = IngressConfig()
+    ui: UIConfig = UIConfig()
 
     @classmethod
     def from_serve_config(cls, path: str | Path, app_name: str | None = None) -> OCRAppConfig:

@@ -2,28 +2,82 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
 from ray import serve
 
-from serve_app.config import OCRAppConfig
+from serve_app.config import OCRAppConfig, RepetitionGuardConfig
 from serve_app.engines import DecoderEngine, load_engine_class
+from serve_app.engines.base import collect
 from serve_app.model_files import resolve_model_path
-from serve_app.stage_io import DecodeRequest, DecodeResult, ImageEmbeddings, SamplingOptions
+from serve_app.repetition import clean_repeated_tail, repeated_tail
+from serve_app.stage_io import DecodeChunk, DecodeRequest, DecodeResult, DetectedText, ImageEmbeddings, SamplingOptions
+
+# Characters per token, roughly, to turn the guard's token sizes into text sizes for cleaning.
+CHARS_PER_TOKEN = 4
+
+
+async def guarded(chunks: AsyncIterator[DecodeChunk], guard: RepetitionGuardConfig) -> AsyncIterator[DecodeChunk]:
+    """Pass chunks through; stop (closing the engine's stream, which aborts it) once the tail loops."""
+    token_ids: list[int] = []
+    next_check = guard.check_every_tokens
+    async with contextlib.aclosing(chunks):
+        async for chunk in chunks:
+            token_ids.extend(chunk.token_ids)
+            if guard.enabled and chunk.finish_reason is None and len(token_ids) >= next_check:
+                next_check = len(token_ids) + guard.check_every_tokens
+                if repeated_tail(token_ids, guard.min_repeats, guard.max_period_tokens, guard.min_span_tokens):
+                    chunk.finish_reason = "repetition"
+                    yield chunk
+                    return
+            yield chunk
+
+
+def clean_result(result: DecodeResult, guard: RepetitionGuardConfig) -> DecodeResult:
+    """Cut-off text (by max_tokens or the guard) keeps one copy of a looping tail."""
+    if result.finish_reason == "repetition":
+        result.warnings.append("The model started repeating itself; generation was stopped early.")
+    if guard.enabled and result.finish_reason in ("length", "repetition"):
+        text, cleaned = clean_repeated_tail(
+            result.text,
+            guard.min_repeats,
+            guard.max_period_tokens * CHARS_PER_TOKEN,
+            guard.min_span_tokens,
+        )
+        if cleaned:
+            result.text = text
+            result.warnings.append("A repeated tail was removed from the text.")
+    return result
 
 
 @serve.deployment
 class Decoder:
     async def __init__(self, config: OCRAppConfig, engine_class: type[DecoderEngine] | None = None):
         # `engine_class` lets tests inject an engine; production picks it from `decoder.engine`.
-        engine_class = engine_class or load_engine_class(config.decoder.engine)
+        engine_name = "pp_ocr" if config.model.family == "pp_ocr" else config.decoder.engine
+        engine_class = engine_class or load_engine_class(engine_name)
+        self.guard = config.repetition_guard
         self.engine = engine_class(config.model, config.decoder, resolve_model_path(config.model))
         await self.engine.start()
 
     async def generate(
-        self, prompt: str, image: ImageEmbeddings, sampling: SamplingOptions, request_id: str
+        self, prompt: str, image: ImageEmbeddings | DetectedText, sampling: SamplingOptions, request_id: str
     ) -> DecodeResult:
-        result = await self.engine.generate(DecodeRequest(prompt, image, sampling, request_id))
+        started = time.perf_counter()
+        stream = guarded(self.engine.stream(DecodeRequest(prompt, image, sampling, request_id)), self.guard)
+        result = clean_result(await collect(stream), self.guard)
+        result.decode_ms = (time.perf_counter() - started) * 1000
         result.encode_ms, result.encoder_batch_size = image.encode_ms, image.batch_size
         return result
+
+    async def generate_stream(
+        self, prompt: str, image: ImageEmbeddings | DetectedText, sampling: SamplingOptions, request_id: str
+    ) -> AsyncIterator[DecodeChunk]:
+        """Streaming variant (call through a handle with `stream=True`)."""
+        async for chunk in guarded(self.engine.stream(DecodeRequest(prompt, image, sampling, request_id)), self.guard):
+            yield chunk
 
     async def check_health(self) -> None:
         await self.engine.check_health()

@@ -40,6 +40,22 @@ class InvalidImageError(InvalidRequestError):
     error_type = "invalid_image"
 
 
+class NotFoundError(OCRServiceError):
+    status_code = 404
+    error_type = "not_found_error"
+
+
+class ModelOutputError(OCRServiceError):
+    """The model's answer cannot be turned into the structure the task promises."""
+
+    status_code = 422
+    error_type = "model_output_error"
+
+
+class InvalidDocumentError(InvalidRequestError):
+    error_type = "invalid_document"
+
+
 class UnsupportedMediaTypeError(OCRServiceError):
     status_code = 415
     error_type = "unsupported_media_type"

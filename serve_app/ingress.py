@@ -1,36 +1,60 @@
-"""Ingress: the HTTP API (FastAPI) that chains the three stages by deployment handles."""
+"""Ingress: the HTTP APIs (FastAPI), both chaining the same three stages by deployment handles.
+
+- `POST /ocr`: raw image body or multipart upload; a task (or free prompt) in query or form fields.
+- `POST /v1/chat/completions`, `GET /v1/models`: OpenAI-compatible, images as data: URLs, SSE streams.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from serve_app.chat_input import image_and_instruction
 from serve_app.config import OCRAppConfig
 from serve_app.errors import (
     InvalidRequestError,
+    NotFoundError,
     OCRServiceError,
     PayloadTooLargeError,
     as_service_error,
 )
-from serve_app.schemas import ErrorResponse, HealthResponse, ImageInfo, OCRResponse, StageTimings, Usage
-from serve_app.stage_io import SamplingOptions
+from serve_app.openai_schemas import (
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Choice,
+    ChunkChoice,
+    Delta,
+    ModelCard,
+    ModelList,
+)
+from serve_app.openai_schemas import Usage as ChatUsage
+from serve_app.postprocess import structure
+from serve_app.documents import check_page_count, is_pdf, parse_page_selector
+from serve_app.schemas import ErrorResponse, HealthResponse, ImageInfo, OCRResponse, PageResult, StageTimings, Usage
+from serve_app.stage_io import DecodeResult, PreparedImage, SamplingOptions
+from serve_app.tasks import TaskRequest, build_task_request, fields_json_schema
 
 logger = logging.getLogger("ray.serve")
 
-ERROR_RESPONSES = {status: {"model": ErrorResponse} for status in (400, 413, 415, 500, 503)}
+ERROR_RESPONSES = {status: {"model": ErrorResponse} for status in (400, 404, 413, 415, 422, 500, 503)}
 RETRY_AFTER_S = "1"
 
 app = FastAPI(
     title="HunyuanOCR service",
     description="OCR with HunyuanOCR as a three-stage Ray Serve graph: Preprocessor -> VisionEncoder -> Decoder.",
-    version="0.1.0",
+    version="0.2.0",
 )
 
 
@@ -77,6 +101,43 @@ def _str_field(value) -> str | None:
     return value if isinstance(value, str) else None
 
 
+async def first_error_cancels_rest(coroutines: list) -> list:
+    """Run concurrently, results in order; on the first failure cancel the others and raise it."""
+    tasks = [asyncio.ensure_future(coroutine) for coroutine in coroutines]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise task.exception()
+        return [task.result() for task in tasks]
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+def _int_field(value, name: str) -> int | None:
+    if value in (None, ""):
+        return None
+    text = value.strip() if isinstance(value, str) else ""
+    if not text.lstrip("-").isdigit():
+        raise InvalidRequestError(f"{name} must be an integer.", name)
+    return int(text)
+
+
+def _openai_finish(reason: str) -> str:
+    return "length" if reason == "length" else "stop"  # the repetition guard's stop reads as "stop"
+
+
+def _sse(payload) -> str:
+    if isinstance(payload, str):
+        data = payload
+    elif isinstance(payload, dict):
+        data = json.dumps(payload)
+    else:
+        data = payload.model_dump_json(exclude_none=True)
+    return f"data: {data}\n\n"
+
+
 # Helpers above this point: Serve captures the app when the decorator runs, before later names exist.
 @serve.deployment
 @serve.ingress(app)
@@ -93,6 +154,56 @@ class OCRIngress:
         self.encoder = encoder
         self.decoder = decoder
 
+    def __serve_build_asgi_app__(self):
+        """Serve calls this in the replica once the class-based routes are bound: the web UI is
+        mounted here because Gradio's Blocks cannot be pickled with the module-level app."""
+        if self.config.ui.enabled:
+            import gradio as gr
+
+            from serve_app.ui import build_ui
+
+            gr.mount_gradio_app(self._asgi_app, build_ui(self.recognize, self.config), path=self.config.ui.path)
+        return self._asgi_app
+
+    # ------------------------------------------------------------------ the pipeline, shared by both APIs
+
+    def _check_prompt(self, prompt: str | None) -> str | None:
+        if prompt is not None and len(prompt) > self.config.limits.max_prompt_chars:
+            raise InvalidRequestError(
+                f"prompt is {len(prompt)} characters; the limit is {self.config.limits.max_prompt_chars}.", "prompt"
+            )
+        return prompt
+
+    def _sampling(self, task: TaskRequest, max_tokens: int | None, temperature: float | None = None) -> SamplingOptions:
+        limits = self.config.limits
+        if max_tokens is None:
+            max_tokens = limits.default_max_tokens
+        elif not 1 <= max_tokens <= limits.max_tokens_cap:
+            raise InvalidRequestError(
+                f"max_tokens must be between 1 and {limits.max_tokens_cap}; got {max_tokens}.", "max_tokens"
+            )
+        schema = fields_json_schema(task.fields, self.config.fields_max_value_chars) if task.fields else None
+        if temperature:  # an explicit sampling request; the official decoding is greedy
+            return SamplingOptions(max_tokens=max_tokens, temperature=temperature, top_k=-1, json_schema=schema)
+        return SamplingOptions(max_tokens=max_tokens, json_schema=schema)
+
+    def _stages(self, image_bytes: bytes, task: TaskRequest):
+        """Start the chain. The encoder gets the preprocessor's response by reference: pixels never
+        pass through the ingress."""
+        prepared_response = self.preprocessor.prepare.remote(image_bytes, task.instruction)
+        embeddings_response = self.encoder.encode.remote(prepared_response)
+        return prepared_response, embeddings_response
+
+    async def _run(
+        self, image_bytes: bytes, task: TaskRequest, sampling: SamplingOptions, request_id: str
+    ) -> tuple[PreparedImage, DecodeResult]:
+        prepared_response, embeddings_response = self._stages(image_bytes, task)
+        prepared = await prepared_response
+        result = await self.decoder.generate.remote(prepared.prompt, embeddings_response, sampling, request_id)
+        return prepared, result
+
+    # ------------------------------------------------------------------ POST /ocr
+
     @app.post(
         "/ocr",
         response_model=OCRResponse,
@@ -100,34 +211,138 @@ class OCRIngress:
         responses=ERROR_RESPONSES,
         summary="OCR one image",
         description="Send the image as the raw body (`curl --data-binary @page.jpg`) or as the `file` field "
-        "of a multipart form. `prompt` and `max_tokens` go in the query string or as form fields.",
+        "of a multipart form. The other parameters go in the query string or as form fields.",
     )
     async def ocr(
         self,
         request: Request,
-        prompt: str | None = Query(None, description="Instruction; the default extracts the text."),
+        task: str | None = Query(None, description="text (default), spotting, document, table, formula, chart, "
+                                 "fields, subtitles, translate."),
+        lang: str | None = Query(None, description="Language of the official instruction: zh (default) or en."),
+        fields: list[str] | None = Query(None, description="Keys for the fields task (repeat, or comma-separated)."),
+        target_language: str | None = Query(None, description="Target of the translate task (default English)."),
+        prompt: str | None = Query(None, description="A free instruction instead of a task's official one."),
         max_tokens: int | None = Query(None, description="Most tokens to generate."),
-        return_token_ids: bool = Query(False, description="Also return the generated token ids."),
+        pages: str | None = Query(None, description="PDF pages to read, e.g. 1-3,7 (default: all)."),
+        return_token_ids: bool = Query(False, description="Also return the prompt's and the generated token ids."),
     ) -> OCRResponse:
         started = time.perf_counter()
-        limits = self.config.limits
-        if request.headers.get("content-type", "").startswith("multipart/form-data"):
-            image_bytes, prompt, max_tokens = await self._read_form(request, prompt, max_tokens)
+        params = {"task": task, "lang": lang, "target_language": target_language, "prompt": prompt, "pages": pages}
+        content_type = request.headers.get("content-type", "")
+        if content_type.startswith("multipart/form-data"):
+            image_bytes, form = await self._read_form(request)
+            content_type = None
+            for name in params:
+                params[name] = params[name] if params[name] is not None else _str_field(form.get(name))
+            fields = fields or [value for value in form.getlist("fields") if isinstance(value, str)] or None
+            max_tokens = max_tokens if max_tokens is not None else _int_field(form.get("max_tokens"), "max_tokens")
         else:
-            image_bytes = await read_body(request, limits.max_body_bytes)
-        instruction = self._instruction(prompt)
-        sampling = SamplingOptions(max_tokens=self._max_tokens(max_tokens))
-        request_id = uuid.uuid4().hex
+            image_bytes = await read_body(request, self.config.limits.max_body_bytes)
+        return await self.recognize(
+            image_bytes,
+            params["task"],
+            params["lang"],
+            fields,
+            params["target_language"],
+            params["prompt"],
+            max_tokens,
+            pages=params["pages"],
+            content_type=content_type,
+            return_token_ids=return_token_ids,
+            started=started,
+        )
 
-        # The encoder receives the preprocessor's response by reference: pixels never pass through here.
-        prepared_response = self.preprocessor.prepare.remote(image_bytes, instruction)
+    async def recognize(
+        self,
+        data: bytes | list[bytes],
+        task: str | None = None,
+        lang: str | None = None,
+        fields: list[str] | None = None,
+        target_language: str | None = None,
+        prompt: str | None = None,
+        max_tokens: int | None = None,
+        *,
+        pages: str | None = None,
+        content_type: str | None = None,
+        return_token_ids: bool = False,
+        started: float | None = None,
+    ) -> OCRResponse:
+        """An image, several images, or a PDF through the three stages, structured by task.
+        `/ocr` and the web UI both call this. Pages fan out concurrently and come back in order."""
+        started = started or time.perf_counter()
+        limits = self.config.limits
+        task_request = build_task_request(
+            task, lang, fields, target_language, self._check_prompt(prompt), self.config.model.family
+        )
+        sampling = self._sampling(task_request, max_tokens)
+        request_id = uuid.uuid4().hex
+        images = data if isinstance(data, list) else [data]
+        if len(images) == 1 and is_pdf(images[0], content_type):
+            pdf = images[0]
+            count = await self.preprocessor.pdf_page_count.remote(pdf)
+            numbers = parse_page_selector(pages, count)
+            check_page_count(len(numbers), limits.max_pages)
+            prepared = [self.preprocessor.prepare_pdf_page.remote(pdf, number, task_request.instruction) for number in numbers]
+        else:
+            check_page_count(len(images), limits.max_pages)
+            numbers = list(range(1, len(images) + 1))
+            prepared = [self.preprocessor.prepare.remote(image, task_request.instruction) for image in images]
+        outcomes = await first_error_cancels_rest(
+            [
+                self._page(number, response, task_request, sampling, f"{request_id}-{number}")
+                for number, response in zip(numbers, prepared)
+            ]
+        )
+        page_results = [outcome[0] for outcome in outcomes]
+        token_ids = [outcome[1] for outcome in outcomes]
+        usage = Usage(
+            prompt_tokens=sum(page.usage.prompt_tokens for page in page_results),
+            completion_tokens=sum(page.usage.completion_tokens for page in page_results),
+            total_tokens=sum(page.usage.total_tokens for page in page_results),
+        )
+        timings = StageTimings(
+            preprocess=round(sum(page.timings_ms.preprocess for page in page_results), 2),
+            encode=round(sum(page.timings_ms.encode for page in page_results), 2),
+            decode=round(sum(page.timings_ms.decode for page in page_results), 2),
+            total=round((time.perf_counter() - started) * 1000, 2),
+            encoder_batch_size=max(page.timings_ms.encoder_batch_size for page in page_results),
+        )
+        common = {"id": request_id, "model": self.config.model.served_model_name, "task": task_request.task}
+        if len(page_results) == 1 and not is_pdf(images[0], content_type):
+            page = page_results[0]
+            return OCRResponse(
+                **common,
+                **page.model_dump(include={"text", "boxes", "fields", "rows", "finish_reason", "image", "warnings"}),
+                usage=usage,
+                timings_ms=timings,
+                token_ids=token_ids[0][0] if return_token_ids else None,
+                prompt_token_ids=token_ids[0][1] if return_token_ids else None,
+            )
+        reasons = {page.finish_reason for page in page_results}
+        return OCRResponse(
+            **common,
+            text="\n\n".join(page.text for page in page_results),
+            pages=page_results,
+            finish_reason=next((reason for reason in ("length", "repetition") if reason in reasons), "stop"),
+            usage=usage,
+            timings_ms=timings,
+            warnings=[f"page {page.page}: {warning}" for page in page_results for warning in page.warnings],
+        )
+
+    async def _page(
+        self, number: int, prepared_response, task: TaskRequest, sampling: SamplingOptions, request_id: str
+    ) -> tuple[PageResult, tuple[list[int], list[int]]]:
+        """One page: encoder and decoder chained on the preprocessor's response."""
         embeddings_response = self.encoder.encode.remote(prepared_response)
         prepared = await prepared_response
         result = await self.decoder.generate.remote(prepared.prompt, embeddings_response, sampling, request_id)
-        return OCRResponse(
-            id=request_id,
-            model=self.config.model.served_model_name,
+        structured = structure(task, result, prepared)
+        page = PageResult(
+            page=number,
             text=result.text,
+            boxes=structured.boxes,
+            fields=structured.fields,
+            rows=structured.rows,
             finish_reason=result.finish_reason,
             usage=Usage(
                 prompt_tokens=result.prompt_tokens,
@@ -138,7 +353,7 @@ class OCRIngress:
                 preprocess=round(prepared.preprocess_ms, 2),
                 encode=round(result.encode_ms, 2),
                 decode=round(result.decode_ms, 2),
-                total=round((time.perf_counter() - started) * 1000, 2),
+                total=round(prepared.preprocess_ms + result.encode_ms + result.decode_ms, 2),
                 encoder_batch_size=result.encoder_batch_size,
             ),
             image=ImageInfo(
@@ -150,8 +365,102 @@ class OCRIngress:
                 model_height=prepared.model_size[1],
                 exif_orientation=prepared.exif_orientation,
             ),
-            token_ids=result.token_ids if return_token_ids else None,
+            warnings=structured.warnings,
         )
+        return page, (result.token_ids, result.prompt_token_ids)
+
+    async def _read_form(self, request: Request):
+        limits = self.config.limits
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limits.max_body_bytes + 64 * 1024:
+            raise PayloadTooLargeError(f"The body is {declared} bytes; the limit is {limits.max_body_bytes} bytes.")
+        try:
+            form = await request.form(max_files=limits.max_pages, max_fields=16, max_part_size=limits.max_body_bytes)
+        except OCRServiceError:
+            raise
+        except Exception as error:  # malformed multipart, or more files than max_pages
+            raise InvalidRequestError(f"The multipart form could not be parsed: {error}") from None
+        uploads = [item for name in ("file", "image") for item in form.getlist(name) if not isinstance(item, str)]
+        if not uploads:
+            raise InvalidRequestError("The multipart form needs the image in a file field named 'file'.", "file")
+        files, total = [], 0
+        for upload in uploads:
+            content = await upload.read(limits.max_body_bytes + 1)
+            total += len(content)
+            if total > limits.max_body_bytes:
+                raise PayloadTooLargeError(f"The files are over the limit of {limits.max_body_bytes} bytes.")
+            files.append(content)
+        return (files if len(files) > 1 else files[0]), form
+
+    # ------------------------------------------------------------------ OpenAI-compatible API
+
+    @app.get("/v1/models", response_model=ModelList)
+    async def models(self) -> ModelList:
+        return ModelList(data=[ModelCard(id=self.config.model.served_model_name)])
+
+    @app.post("/v1/chat/completions", response_model=ChatCompletion, responses=ERROR_RESPONSES)
+    async def chat_completions(self, body: ChatCompletionRequest):
+        served = self.config.model.served_model_name
+        if body.model != served:
+            raise NotFoundError(f"The model {body.model!r} does not exist; this server serves {served!r}.", "model")
+        image_bytes, text = image_and_instruction(body.messages, self.config.limits.max_body_bytes)
+        family = self.config.model.family
+        if family != "hunyuan_vl":
+            text = None  # models without instructions: the task (default text) decides, the chat text is ignored
+        task_request = build_task_request(
+            body.task, body.lang, body.fields, body.target_language, self._check_prompt(text), family
+        )
+        sampling = self._sampling(task_request, body.max_completion_tokens or body.max_tokens, body.temperature)
+        request_id = f"chatcmpl-{uuid.uuid4().hex}"
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            # Preprocessing errors (bad image) surface here, before the 200 of the stream is sent.
+            prepared_response, embeddings_response = self._stages(image_bytes, task_request)
+            prepared = await prepared_response
+            chunks = self.decoder.options(stream=True).generate_stream.remote(
+                prepared.prompt, embeddings_response, sampling, request_id
+            )
+            return StreamingResponse(
+                self._chat_stream(chunks, request_id, include_usage), media_type="text/event-stream"
+            )
+        _, result = await self._run(image_bytes, task_request, sampling, request_id)
+        return ChatCompletion(
+            id=request_id,
+            model=served,
+            choices=[Choice(message=AssistantMessage(content=result.text), finish_reason=_openai_finish(result.finish_reason))],
+            usage=ChatUsage(
+                prompt_tokens=result.prompt_tokens,
+                completion_tokens=result.completion_tokens,
+                total_tokens=result.prompt_tokens + result.completion_tokens,
+            ),
+        )
+
+    async def _chat_stream(self, chunks, request_id: str, include_usage: bool) -> AsyncIterator[str]:
+        model = self.config.model.served_model_name
+        yield _sse(ChatCompletionChunk(id=request_id, model=model, choices=[ChunkChoice(delta=Delta(role="assistant", content=""))]))
+        prompt_tokens = completion_tokens = 0
+        try:
+            async for chunk in chunks:
+                prompt_tokens = prompt_tokens or chunk.prompt_tokens
+                completion_tokens += len(chunk.token_ids)
+                finish = _openai_finish(chunk.finish_reason) if chunk.finish_reason else None
+                if chunk.text or finish:
+                    delta = Delta(content=chunk.text) if chunk.text else Delta()
+                    yield _sse(
+                        ChatCompletionChunk(id=request_id, model=model, choices=[ChunkChoice(delta=delta, finish_reason=finish)])
+                    )
+        except Exception as error:  # the status line is sent already: report in the stream, OpenAI style
+            yield _sse(as_service_error(error).to_dict())
+            yield _sse("[DONE]")
+            return
+        if include_usage:
+            usage = ChatUsage(
+                prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens
+            )
+            yield _sse(ChatCompletionChunk(id=request_id, model=model, choices=[], usage=usage))
+        yield _sse("[DONE]")
+
+    # ------------------------------------------------------------------ health
 
     @app.get("/healthz", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
     async def healthz(self) -> JSONResponse:
@@ -165,47 +474,3 @@ class OCRIngress:
         healthy = all(state == "ok" for state in stages.values())
         body = HealthResponse(status="ok" if healthy else "unavailable", stages=stages)
         return JSONResponse(body.model_dump(), status_code=200 if healthy else 503)
-
-    async def _read_form(self, request: Request, prompt: str | None, max_tokens: int | None):
-        limits = self.config.limits
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limits.max_body_bytes + 64 * 1024:
-            raise PayloadTooLargeError(f"The body is {declared} bytes; the limit is {limits.max_body_bytes} bytes.")
-        try:
-            form = await request.form(max_files=1, max_fields=8, max_part_size=limits.max_body_bytes)
-        except OCRServiceError:
-            raise
-        except Exception as error:  # malformed multipart
-            raise InvalidRequestError(f"The multipart form could not be parsed: {error}") from None
-        upload = form.get("file") or form.get("image")
-        if upload is None or isinstance(upload, str):
-            raise InvalidRequestError("The multipart form needs the image in a file field named 'file'.", "file")
-        image_bytes = await upload.read(limits.max_body_bytes + 1)
-        if len(image_bytes) > limits.max_body_bytes:
-            raise PayloadTooLargeError(f"The file is over the limit of {limits.max_body_bytes} bytes.")
-        prompt = prompt if prompt is not None else _str_field(form.get("prompt"))
-        if max_tokens is None and form.get("max_tokens") not in (None, ""):
-            raw = _str_field(form.get("max_tokens"))
-            if raw is None or not raw.strip().lstrip("-").isdigit():
-                raise InvalidRequestError("max_tokens must be an integer.", "max_tokens")
-            max_tokens = int(raw)
-        return image_bytes, prompt, max_tokens
-
-    def _instruction(self, prompt: str | None) -> str:
-        if prompt is None or not prompt.strip():
-            return self.config.default_instruction
-        if len(prompt) > self.config.limits.max_prompt_chars:
-            raise InvalidRequestError(
-                f"prompt is {len(prompt)} characters; the limit is {self.config.limits.max_prompt_chars}.", "prompt"
-            )
-        return prompt
-
-    def _max_tokens(self, max_tokens: int | None) -> int:
-        limits = self.config.limits
-        if max_tokens is None:
-            return limits.default_max_tokens
-        if not 1 <= max_tokens <= limits.max_tokens_cap:
-            raise InvalidRequestError(
-                f"max_tokens must be between 1 and {limits.max_tokens_cap}; got {max_tokens}.", "max_tokens"
-            )
-        return max_tokens

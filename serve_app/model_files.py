@@ -13,6 +13,10 @@ def resolve_model_path(model: ModelConfig) -> str:
     Idempotent and cheap after the first call (hub snapshots and the tiny model are cached),
     so each replica resolves it itself instead of trusting a path from another machine.
     """
+    if model.family == "pp_ocr":
+        from serve_app.lite_ocr import MODEL_DIR  # the ONNX files ship inside the rapidocr wheel
+
+        return str(MODEL_DIR)
     if model.source == TINY_RANDOM_SOURCE:
         from serve_app.tiny_checkpoint import ensure_tiny_checkpoint
 

@@ -10,7 +10,8 @@ from ray import serve
 
 from serve_app.config import OCRAppConfig
 from serve_app.errors import InvalidRequestError
-from serve_app.images import decode_image, fit_to_budget
+from serve_app.documents import pdf_page_count, render_page
+from serve_app.images import DecodedImage, decode_image, fit_to_budget
 from serve_app.model_files import resolve_model_path
 from serve_app.stage_io import PreparedImage
 
@@ -40,7 +41,9 @@ class ImagePreparer:
 
     def prepare(self, image_bytes: bytes, instruction: str) -> PreparedImage:
         started = time.perf_counter()
-        decoded = decode_image(image_bytes, self.config.limits)
+        return self.prepare_decoded(decode_image(image_bytes, self.config.limits), instruction, started)
+
+    def prepare_decoded(self, decoded: DecodedImage, instruction: str, started: float) -> PreparedImage:
         model_image = fit_to_budget(
             decoded.image, self.resize_factor, self.config.model.min_pixels, self.config.model.max_pixels
         )
@@ -59,14 +62,55 @@ class ImagePreparer:
         )
 
 
+class PixelPreparer:
+    """The PP-OCR family's preparation: decoded, validated, oriented RGB pixels. Its detector sizes
+    the image itself, and it takes no instruction."""
+
+    def __init__(self, config: OCRAppConfig):
+        self.config = config
+
+    def prepare(self, image_bytes: bytes, instruction: str) -> PreparedImage:
+        started = time.perf_counter()
+        return self.prepare_decoded(decode_image(image_bytes, self.config.limits), instruction, started)
+
+    def prepare_decoded(self, decoded: DecodedImage, instruction: str, started: float) -> PreparedImage:
+        return PreparedImage(
+            pixel_values=np.asarray(decoded.image, dtype=np.uint8),
+            image_grid_thw=np.zeros(3, dtype=np.int64),
+            prompt="",
+            original_size=decoded.original_size,
+            oriented_size=decoded.image.size,
+            model_size=decoded.image.size,
+            exif_orientation=decoded.exif_orientation,
+            preprocess_ms=(time.perf_counter() - started) * 1000,
+        )
+
+
 @serve.deployment
 class Preprocessor:
     def __init__(self, config: OCRAppConfig):
-        self.preparer = ImagePreparer(config, resolve_model_path(config.model))
+        self.config = config
+        if config.model.family == "pp_ocr":
+            self.preparer = PixelPreparer(config)
+        else:
+            self.preparer = ImagePreparer(config, resolve_model_path(config.model))
 
     async def prepare(self, image_bytes: bytes, instruction: str) -> PreparedImage:
         # Decoding and resizing are CPU work: keep them off the replica's event loop.
         return await asyncio.to_thread(self.preparer.prepare, image_bytes, instruction)
+
+    async def pdf_page_count(self, pdf_bytes: bytes) -> int:
+        return await asyncio.to_thread(pdf_page_count, pdf_bytes)
+
+    async def prepare_pdf_page(self, pdf_bytes: bytes, page_number: int, instruction: str) -> PreparedImage:
+        return await asyncio.to_thread(self._prepare_pdf_page, pdf_bytes, page_number, instruction)
+
+    def _prepare_pdf_page(self, pdf_bytes: bytes, page_number: int, instruction: str) -> PreparedImage:
+        started = time.perf_counter()
+        limits, model = self.config.limits, self.config.model
+        page = render_page(pdf_bytes, page_number, model.max_pixels, limits.pdf_max_dpi)
+        decoded = DecodedImage(page, page.size, exif_orientation=1, format="PDF")
+        return self.preparer.prepare_decoded(decoded, instruction, started)
 
     async def ping(self) -> bool:
         return True

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field
 
 
@@ -29,15 +31,45 @@ class ImageInfo(BaseModel):
     exif_orientation: int = Field(description="EXIF orientation that was applied (1 = none).")
 
 
-class OCRResponse(BaseModel):
-    id: str
-    model: str
+class SpottedBox(BaseModel):
     text: str
-    finish_reason: str = Field(description="'stop', or 'length' when max_tokens cut the text.")
+    bbox: list[int] = Field(description="[x1, y1, x2, y2] in the pixels of the image as sent.")
+
+
+class PageResult(BaseModel):
+    page: int = Field(description="1-based page number (PDF page, or position of the image in the request).")
+    text: str
+    boxes: list[SpottedBox] | None = None
+    fields: dict[str, Any] | None = None
+    rows: list[list[str]] | None = None
+    finish_reason: str
     usage: Usage
     timings_ms: StageTimings
     image: ImageInfo
+    warnings: list[str] = Field(default_factory=list)
+
+
+class OCRResponse(BaseModel):
+    id: str
+    model: str
+    task: str
+    text: str = Field(description="The model's answer: text, markdown, HTML, LaTeX or JSON, by task; "
+                      "for several pages, the pages' texts joined by blank lines.")
+    pages: list[PageResult] | None = Field(None, description="PDFs and multi-image requests: one result per page, in order.")
+    boxes: list[SpottedBox] | None = Field(None, description="spotting: text lines with boxes.")
+    fields: dict[str, Any] | None = Field(None, description="fields: exactly the requested keys.")
+    rows: list[list[str]] | None = Field(None, description="table/document: table cells, when the HTML parses.")
+    finish_reason: str = Field(
+        description="'stop'; 'length' when max_tokens cut the text; 'repetition' when the repetition guard stopped it."
+    )
+    usage: Usage
+    timings_ms: StageTimings
+    image: ImageInfo | None = Field(None, description="Single-image requests: the image's sizes.")
+    warnings: list[str] = Field(default_factory=list)
     token_ids: list[int] | None = Field(None, description="Generated token ids, when return_token_ids=true.")
+    prompt_token_ids: list[int] | None = Field(
+        None, description="The prompt's token ids as the decoder received them, when return_token_ids=true."
+    )
 
 
 class ErrorDetail(BaseModel):

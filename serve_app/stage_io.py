@@ -32,6 +32,23 @@ class ImageEmbeddings:
 
 
 @dataclass
+class DetectedText:
+    """VisionEncoder output for the PP-OCR family: text-line regions of the oriented image."""
+
+    regions: list  # serve_app.lite_ocr.TextRegion: quad in oriented-image pixels, upright RGB crop
+    encode_ms: float = 0.0
+    batch_size: int = 1
+
+
+@dataclass
+class SpottedLine:
+    """A recognized line with its box, from models that locate text themselves (PP-OCR)."""
+
+    text: str
+    box: tuple[int, int, int, int]  # x1, y1, x2, y2 in pixels of the EXIF-oriented image
+
+
+@dataclass
 class SamplingOptions:
     """Decoding settings. HunyuanOCR is served greedy (official: temperature 0, top_k 1)."""
 
@@ -39,14 +56,27 @@ class SamplingOptions:
     temperature: float = 0.0
     top_k: int = 1
     repetition_penalty: float = 1.0
+    json_schema: dict | None = None  # guided decoding (vLLM structured outputs) when set
 
 
 @dataclass
 class DecodeRequest:
     prompt: str
-    image: ImageEmbeddings
+    image: ImageEmbeddings | DetectedText
     sampling: SamplingOptions = field(default_factory=SamplingOptions)
     request_id: str = ""
+
+
+@dataclass
+class DecodeChunk:
+    """One step of a streamed generation: what is new since the previous chunk."""
+
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int = 0  # set on the first chunk
+    prompt_token_ids: list[int] | None = None  # set on the first chunk: the prompt exactly as the engine got it
+    finish_reason: str | None = None  # set on the last chunk: "stop", "length" or "repetition"
+    spotted: list[SpottedLine] | None = None  # on the last chunk, from engines that locate text
 
 
 @dataclass
@@ -55,8 +85,11 @@ class DecodeResult:
     token_ids: list[int]
     prompt_tokens: int
     completion_tokens: int
-    finish_reason: str  # "stop" or "length"
+    finish_reason: str  # "stop", "length", or "repetition" (the repetition guard stopped it)
+    prompt_token_ids: list[int] = field(default_factory=list)
+    spotted: list[SpottedLine] | None = None
     decode_ms: float = 0.0
+    warnings: list[str] = field(default_factory=list)
     # Carried through from the encoder, so the ingress never fetches the embeddings themselves.
     encode_ms: float = 0.0
     encoder_batch_size: int = 1

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
+
+# Debian's fonts-dejavu-core (.ci/run installs it): real glyphs for tests that must read text back.
+FONT_CANDIDATES = (
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+)
 
 
 def make_image(width: int, height: int, seed: int = 0, text: str = "Invoice 2026-11-28 TOTAL 42.00") -> Image.Image:
@@ -16,6 +23,26 @@ def make_image(width: int, height: int, seed: int = 0, text: str = "Invoice 2026
     for row, y in enumerate(range(4, height - 10, step)):
         draw.text((4 + (seed * 7 + row * 13) % max(1, width // 4), y), f"{text} #{seed}-{row}", fill=(20, 20, 30))
     draw.rectangle((width // 3, height // 3, width // 3 + width // 5, height // 3 + height // 6), outline=(200, 30, 30), width=2)
+    return image
+
+
+def truetype_font(size: int = 32) -> ImageFont.FreeTypeFont:
+    for path in FONT_CANDIDATES:
+        if Path(path).is_file():
+            return ImageFont.truetype(path, size)
+    pytest.fail(
+        "DejaVuSans.ttf not found (looked in " + ", ".join(FONT_CANDIDATES) + "): "
+        "install it with `apt-get update && apt-get install -y fonts-dejavu-core`."
+    )
+
+
+def render_text_page(lines, size=(480, 200), fg=(20, 20, 20), bg=(255, 255, 255), top=40, step=70) -> Image.Image:
+    """A page with one text line every `step` px, starting at x=30, y=`top`."""
+    image = Image.new("RGB", size, bg)
+    draw = ImageDraw.Draw(image)
+    font = truetype_font()
+    for row, text in enumerate(lines):
+        draw.text((30, top + step * row), text, font=font, fill=fg)
     return image
 
 

@@ -10,6 +10,7 @@ from serve_app.engines.base import DecoderEngine
 ENGINE_CLASSES = {
     "vllm": "serve_app.engines.vllm_engine:VLLMEngine",
     "transformers": "serve_app.engines.transformers_engine:TransformersEngine",
+    "pp_ocr": "serve_app.engines.lite_engine:TextRecognitionEngine",
 }
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
 
 from serve_app.config import DecoderConfig, ModelConfig
-from serve_app.stage_io import DecodeRequest, DecodeResult
+from serve_app.stage_io import DecodeChunk, DecodeRequest, DecodeResult
 
 
 class DecoderEngine(ABC):
@@ -21,8 +23,13 @@ class DecoderEngine(ABC):
         """Load weights and warm up. Called once in the replica's constructor."""
 
     @abstractmethod
+    def stream(self, request: DecodeRequest) -> AsyncIterator[DecodeChunk]:
+        """Greedy-decode one request, yielding new text as it comes; the last chunk has the finish
+        reason. Closing the iterator early must stop (abort) the generation. Concurrent calls must be safe."""
+
     async def generate(self, request: DecodeRequest) -> DecodeResult:
-        """Greedy-decode one request. Concurrent calls must be safe."""
+        """The whole generation at once."""
+        return await collect(self.stream(request))
 
     @abstractmethod
     async def check_health(self) -> None:
@@ -30,3 +37,29 @@ class DecoderEngine(ABC):
 
     async def shutdown(self) -> None:
         """Release engine resources (processes, memory)."""
+
+
+async def collect(chunks: AsyncIterator[DecodeChunk]) -> DecodeResult:
+    started = time.perf_counter()
+    texts: list[str] = []
+    token_ids: list[int] = []
+    prompt_tokens, prompt_token_ids, finish_reason, spotted = 0, [], None, None
+    async for chunk in chunks:
+        spotted = chunk.spotted if chunk.spotted is not None else spotted
+        texts.append(chunk.text)
+        token_ids.extend(chunk.token_ids)
+        prompt_tokens = prompt_tokens or chunk.prompt_tokens
+        prompt_token_ids = prompt_token_ids or chunk.prompt_token_ids or []
+        finish_reason = chunk.finish_reason or finish_reason
+    if finish_reason is None:
+        raise RuntimeError("the engine's stream ended without a finish reason")
+    return DecodeResult(
+        text="".join(texts),
+        token_ids=token_ids,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=len(token_ids),
+        finish_reason=finish_reason,
+        prompt_token_ids=prompt_token_ids,
+        spotted=spotted,
+        decode_ms=(time.perf_counter() - started) * 1000,
+    )

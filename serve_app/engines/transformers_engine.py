@@ -9,8 +9,11 @@ the input embeddings and the XD-RoPE position ids (computed from `input_ids`, `m
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 import time
+from collections.abc import AsyncIterator
 
 import numpy as np
 import torch
@@ -25,7 +28,7 @@ from serve_app.hunyuan_vl import (
     resolve_device,
     torch_dtype,
 )
-from serve_app.stage_io import DecodeRequest, DecodeResult
+from serve_app.stage_io import DecodeChunk, DecodeRequest
 
 logger = logging.getLogger(__name__)
 
@@ -165,38 +168,88 @@ class TransformersEngine(DecoderEngine):
             options["do_sample"] = False
         return GenerationConfig(**options)
 
-    def _generate(self, request: DecodeRequest) -> DecodeResult:
+    def _run_generate(self, inputs: dict, generation_config, streamer, stop: threading.Event) -> None:
         model = self._model
         if model is None:
             raise RuntimeError("transformers engine is not started")
-        started = time.perf_counter()
-        inputs = self._inputs(request)
-        generation_config = self._generation_config(request)
-        prompt_tokens = int(inputs["input_ids"].shape[1])
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        class _StopWhenAsked(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool, device=input_ids.device)
+
         try:
             with torch.inference_mode():
-                output = model.generate(**inputs, generation_config=generation_config)
+                model.generate(
+                    **inputs,
+                    generation_config=generation_config,
+                    streamer=streamer,
+                    stopping_criteria=StoppingCriteriaList([_StopWhenAsked()]),
+                )
         except torch.cuda.OutOfMemoryError:
             raise
         except RuntimeError as error:
             if "CUDA error" in str(error) or "device-side assert" in str(error):
                 self._broken = f"generate failed: {error!r}"
             raise
-        token_ids = [int(t) for t in output[0, prompt_tokens:].tolist()]
-        hit_eos = bool(token_ids) and token_ids[-1] in self._eos_token_ids
-        finish_reason = "length" if (not hit_eos and len(token_ids) >= request.sampling.max_tokens) else "stop"
-        text = self._processor.tokenizer.decode(token_ids, skip_special_tokens=True)
-        return DecodeResult(
-            text=text,
-            token_ids=token_ids,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=len(token_ids),
-            finish_reason=finish_reason,
-            decode_ms=(time.perf_counter() - started) * 1000.0,
-        )
+        finally:
+            streamer.end()
 
-    async def generate(self, request: DecodeRequest) -> DecodeResult:
+    async def stream(self, request: DecodeRequest) -> AsyncIterator[DecodeChunk]:
         if self._broken is not None:
             raise RuntimeError(f"transformers engine is broken: {self._broken}")
-        async with self._lock:
-            return await asyncio.to_thread(self._generate, request)
+        if self._model is None:
+            raise RuntimeError("transformers engine is not started")
+        inputs = await asyncio.to_thread(self._inputs, request)
+        generation_config = self._generation_config(request)
+        prompt_ids = [int(t) for t in inputs["input_ids"][0].tolist()]
+        prompt_tokens = len(prompt_ids)
+        tokenizer = self._processor.tokenizer
+        loop = asyncio.get_running_loop()
+        new_tokens: asyncio.Queue[list[int] | None] = asyncio.Queue()
+        stop = threading.Event()
+        streamer = _QueueStreamer(loop, new_tokens)
+        async with self._lock:  # one generation at a time: this is the debug engine
+            worker = asyncio.ensure_future(
+                asyncio.to_thread(self._run_generate, inputs, generation_config, streamer, stop)
+            )
+            token_ids: list[int] = []
+            emitted = ""
+            try:
+                while (step := await new_tokens.get()) is not None:
+                    token_ids.extend(step)
+                    # Like vLLM's detokenizer, hold back an incomplete UTF-8 sequence until it completes.
+                    text = tokenizer.decode(token_ids, skip_special_tokens=True).rstrip("\ufffd")
+                    delta, emitted = text[len(emitted) :], text
+                    yield DecodeChunk(
+                        text=delta,
+                        token_ids=step,
+                        prompt_tokens=prompt_tokens,
+                        prompt_token_ids=None if len(token_ids) > len(step) else prompt_ids,
+                    )
+                await worker  # surfaces a failure of generate itself
+                hit_eos = bool(token_ids) and token_ids[-1] in self._eos_token_ids
+                finish_reason = "length" if not hit_eos and len(token_ids) >= request.sampling.max_tokens else "stop"
+                yield DecodeChunk(
+                    text="", token_ids=[], prompt_tokens=prompt_tokens, prompt_token_ids=prompt_ids, finish_reason=finish_reason
+                )
+            finally:
+                stop.set()  # the caller stopped early (or we are done): end generate at the next token
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(worker)
+
+
+class _QueueStreamer:
+    """transformers streamer: hands each new token to the event loop (the prompt comes first: skipped)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue):
+        self.loop, self.queue, self.prompt_seen = loop, queue, False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, [int(t) for t in value.reshape(-1).tolist()])
+
+    def end(self) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, None)

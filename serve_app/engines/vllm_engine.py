@@ -15,6 +15,7 @@ import difflib
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,7 @@ import torch
 from serve_app.config import DecoderConfig, ModelConfig
 from serve_app.engines.base import DecoderEngine
 from serve_app.errors import InvalidRequestError, ServiceUnavailableError
-from serve_app.stage_io import DecodeRequest, DecodeResult
+from serve_app.stage_io import DecodeChunk, DecodeRequest
 from serve_app.vllm_hunyuan_embeds import MODEL_CLASS_OVERRIDE, image_token_counts
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,8 @@ def build_engine_args(model: ModelConfig, decoder: DecoderConfig, model_path: st
         # HunyuanOCR's official serving flags: every page is a new image, so prefixes rarely repeat.
         "enable_prefix_caching": False,
         "mm_processor_cache_gb": 0,
+        # Guided JSON (the fields task): compact whitespace, or a weak model pads JSON with endless spaces.
+        "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
     }
     args.update(decoder.engine_args)
     args.update(
@@ -93,8 +96,13 @@ class VLLMEngine(DecoderEngine):
         from vllm.v1.engine.async_llm import AsyncLLM
 
         started = time.perf_counter()
+        from vllm.config import StructuredOutputsConfig
+
+        engine_args = dict(self.engine_args)
+        if isinstance(engine_args.get("structured_outputs_config"), dict):
+            engine_args["structured_outputs_config"] = StructuredOutputsConfig(**engine_args["structured_outputs_config"])
         try:
-            self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**self.engine_args))
+            self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args))
         except Exception as error:
             # vLLM's own message is "Engine core initialization failed. See root cause above":
             # say which model and arguments, the cause is chained.
@@ -125,11 +133,11 @@ class VLLMEngine(DecoderEngine):
             )
         return embeds.to(self.torch_dtype), grid
 
-    async def generate(self, request: DecodeRequest) -> DecodeResult:
+    async def stream(self, request: DecodeRequest) -> AsyncIterator[DecodeChunk]:
         from vllm import SamplingParams
         from vllm.exceptions import VLLMClientError
         from vllm.renderers.inputs.preprocess import parse_model_prompt
-        from vllm.sampling_params import RequestOutputKind
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
         from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
         llm = self._engine()
@@ -147,7 +155,10 @@ class VLLMEngine(DecoderEngine):
                 top_k=sampling.top_k,
                 repetition_penalty=sampling.repetition_penalty,
                 skip_special_tokens=True,
-                output_kind=RequestOutputKind.FINAL_ONLY,  # one output at the end, no per-token streaming
+                structured_outputs=(
+                    StructuredOutputsParams(json=sampling.json_schema) if sampling.json_schema is not None else None
+                ),
+                output_kind=RequestOutputKind.DELTA,  # only what is new at each step
             )
             # Render (tokenize, expand the image placeholder) ourselves, off the event loop; passing
             # raw prompts to generate() is deprecated in vLLM 0.32.
@@ -160,16 +171,23 @@ class VLLMEngine(DecoderEngine):
         if request_id in self._in_flight:
             request_id = f"{request_id}-{uuid.uuid4().hex[:8]}"
         self._in_flight.add(request_id)
-        started = time.perf_counter()
-        final = None
+        finished = sent_prompt = False
         try:
             async with contextlib.aclosing(llm.generate(engine_input, params, request_id)) as outputs:
                 async for output in outputs:
-                    final = output
-        except asyncio.CancelledError:
-            # The caller went away (client disconnect, Serve cancellation): free the sequence now.
-            await asyncio.shield(llm.abort(request_id))
-            raise
+                    completion = output.outputs[0]
+                    finish_reason = completion.finish_reason if output.finished else None
+                    if output.finished and finish_reason not in ("stop", "length"):
+                        raise RuntimeError(f"vLLM finished request {request_id} with reason {finish_reason!r}")
+                    yield DecodeChunk(
+                        text=completion.text,
+                        token_ids=list(completion.token_ids),
+                        prompt_tokens=len(output.prompt_token_ids or []),
+                        prompt_token_ids=None if sent_prompt else list(output.prompt_token_ids or []),
+                        finish_reason=finish_reason,
+                    )
+                    sent_prompt = True
+                    finished = output.finished
         except VLLMClientError as error:
             raise InvalidRequestError(f"The decoder rejected the request: {error}") from error
         except EngineDeadError as error:
@@ -181,21 +199,9 @@ class VLLMEngine(DecoderEngine):
             raise
         finally:
             self._in_flight.discard(request_id)
-        decode_ms = (time.perf_counter() - started) * 1000
-        if final is None or not final.finished:
-            raise RuntimeError(f"vLLM returned no final output for request {request_id}")
-        completion = final.outputs[0]
-        if completion.finish_reason not in ("stop", "length"):
-            raise RuntimeError(f"vLLM finished request {request_id} with reason {completion.finish_reason!r}")
-        token_ids = list(completion.token_ids)
-        return DecodeResult(
-            text=completion.text,
-            token_ids=token_ids,
-            prompt_tokens=len(final.prompt_token_ids or []),
-            completion_tokens=len(token_ids),
-            finish_reason=completion.finish_reason,
-            decode_ms=decode_ms,
-        )
+            if not finished:
+                # The caller stopped reading (disconnect, cancellation, repetition guard): free the sequence now.
+                await asyncio.shield(llm.abort(request_id))
 
     async def check_health(self) -> None:
         # AsyncLLM.check_health raises EngineDeadError once the engine core process died or

@@ -1,6 +1,6 @@
 """The whole graph on Ray Serve (CPU, tiny checkpoint), over HTTP, for both decoder engines.
 
-One Ray instance and one deployment of each engine's graph serve every test in this module.
+The `served` fixture (conftest) deploys one graph per engine for the whole session.
 """
 
 from __future__ import annotations
@@ -12,42 +12,14 @@ import httpx
 import pytest
 from PIL import Image
 
-from serve_app.app import build_graph
-from serve_app.config import OCRAppConfig
 from tests.conftest import make_image, to_bytes, with_exif_orientation
+from tests.integration.conftest import BASE_URL, ROUTES, graph_config
 from tests.reference import reference_generate
 
 pytestmark = pytest.mark.integration
 
-HTTP_PORT = 8123
-BASE_URL = f"http://127.0.0.1:{HTTP_PORT}"
-ROUTES = {"vllm": "/vllm", "transformers": "/transformers"}
 MAX_TOKENS = 24
 INSTRUCTION = "提取图中的文字。"
-
-
-def graph_config(checkpoint: str, engine: str) -> OCRAppConfig:
-    config = OCRAppConfig.from_serve_config("configs/cpu.yaml").model_dump()
-    config["model"]["source"] = checkpoint
-    config["decoder"]["engine"] = engine
-    if engine == "transformers":
-        config["decoder"]["engine_args"] = {}
-    return OCRAppConfig.model_validate(config)
-
-
-@pytest.fixture(scope="module")
-def served(tiny_checkpoint):
-    import ray
-    from ray import serve
-
-    # Logical CPUs: two graphs of fractional stages share this 2-core machine during the module.
-    ray.init(num_cpus=4, include_dashboard=False, configure_logging=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": HTTP_PORT})
-    for engine, route in ROUTES.items():
-        serve.run(build_graph(graph_config(str(tiny_checkpoint), engine)), name=engine, route_prefix=route)
-    yield str(tiny_checkpoint)
-    serve.shutdown()
-    ray.shutdown()
 
 
 def parity_images() -> dict[str, tuple[bytes, Image.Image]]:

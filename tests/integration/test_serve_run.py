@@ -52,7 +52,15 @@ def test_serve_run_cpu_config_comes_up_answers_and_shuts_down_cleanly(tmp_path):
     try:
         wait_until_healthy(process, log)
 
-        status = subprocess.run([str(BIN / "serve"), "status"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        # Ray 2.60's CLI sends the cluster's auth token (~/.ray/auth_token) only in token mode.
+        status = subprocess.run(
+            [str(BIN / "serve"), "status"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "RAY_AUTH_MODE": "token"},
+        )
         assert status.returncode == 0, status.stderr
         application = yaml.safe_load(status.stdout)["applications"]["ocr"]
         assert application["status"] == "RUNNING"
@@ -70,7 +78,7 @@ def test_serve_run_cpu_config_comes_up_answers_and_shuts_down_cleanly(tmp_path):
         assert response.status_code == 200, response.text
         assert response.json()["usage"]["completion_tokens"] >= 1
 
-        bad = httpx.post(f"{URL}/ocr", content=b"%PDF-1.7 not an image", timeout=60)
+        bad = httpx.post(f"{URL}/ocr", content=b"GIF89a, or so it claims", timeout=60)
         assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_image"
     finally:
         if process.poll() is None:

@@ -158,7 +158,8 @@ def test_engine_matches_full_model_generate_from_pixels(engine, tower, full_mode
         assert result.prompt_tokens == inputs["input_ids"].shape[1]
         assert result.completion_tokens == len(expected) == 16
         assert result.finish_reason == "length"
-        assert result.text == processor.tokenizer.decode(expected, skip_special_tokens=True)
+        # Like vLLM, a trailing incomplete UTF-8 sequence (decoded as U+FFFD) is held back.
+        assert result.text == processor.tokenizer.decode(expected, skip_special_tokens=True).rstrip("\ufffd")
 
 
 def test_repetition_penalty_is_honoured(engine, tower, full_model, processor, prompt, images, pixels):
