@@ -151,7 +151,8 @@ class IngressConfig(StageConfig):
 
 
 class UIConfig(_Strict):
-    enabled: bool = Field(False, description="Serve the web UI (Gradio) from the ingress.")
+    enabled: bool = Field(True, description="Serve the web UI (Gradio) from the ingress.")
+    concurrency_limit: int = Field(4, ge=1, description="Requests one UI event runs at once.")
     path: str = Field("/ui", pattern=r"^/[A-Za-z0-9_\-/]*[A-Za-z0-9_\-]$", description="Where the UI is mounted.")
 
 

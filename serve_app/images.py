@@ -24,6 +24,8 @@ Image.MAX_IMAGE_PIXELS = None
 EXIF_ORIENTATION_TAG = 0x0112
 RESAMPLE = Image.Resampling.BICUBIC  # what HunYuanVL's image processor resizes with
 MAX_ASPECT_RATIO = 200  # HunYuanVL's smart_resize refuses more elongated images
+# Only these decoders ever see untrusted bytes (not EPS, which would run Ghostscript, nor PSD, ICO, ...).
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 
 
 @dataclass
@@ -43,7 +45,7 @@ def decode_image(data: bytes, limits: LimitsConfig) -> DecodedImage:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
             _check_declared_size(image.size, limits)
             image.seek(0)  # animated GIF/WebP/APNG: the first frame
             image.load()

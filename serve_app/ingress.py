@@ -9,13 +9,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Query, Request
+from pydantic import ValidationError
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -71,11 +74,34 @@ async def _service_error(_: Request, error: OCRServiceError) -> JSONResponse:
     return error_response(error)
 
 
+def validation_error(errors: list[dict], skip: int = 1) -> InvalidRequestError:
+    """pydantic errors -> one 400 that says what to fix. `skip` drops leading location parts ("body")."""
+    if any(item.get("type") == "json_invalid" for item in errors):
+        return InvalidRequestError("The request body is not valid JSON.")
+    # With unions (a message's content is text or parts) pydantic reports every branch: the deepest
+    # location is the one that says what to fix.
+    deepest = max(errors, key=lambda item: len(item.get("loc", ())))
+    parts = [str(part) for part in deepest.get("loc", ())[skip:] if not _is_union_tag(part)]
+    param = ".".join(parts) or None
+    return InvalidRequestError(f"{param or 'The request body'}: {deepest.get('msg')}", param=param)
+
+
 @app.exception_handler(RequestValidationError)
 async def _validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
-    first = error.errors()[0]
-    param = ".".join(str(part) for part in first.get("loc", ())[1:]) or None
-    return error_response(InvalidRequestError(f"{param}: {first.get('msg')}", param=param))
+    return error_response(validation_error(error.errors()))
+
+
+def _is_union_tag(part) -> bool:
+    return isinstance(part, str) and ("[" in part or part in ("str", "TextPart", "ImagePart"))
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+    # Unknown paths and methods answer in the API's error shape too.
+    status = error.status_code
+    body = {"error": {"message": str(error.detail), "type": "not_found_error" if status == 404 else "invalid_request_error",
+                      "param": None, "code": status}}
+    return JSONResponse(body, status_code=status, headers=getattr(error, "headers", None))
 
 
 @app.exception_handler(Exception)
@@ -85,8 +111,8 @@ async def _unexpected_error(_: Request, error: Exception) -> JSONResponse:
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
     """The raw body, refused as soon as it passes the limit (no unbounded buffering)."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes:
+    declared = request.headers.get("content-length", "")
+    if re.fullmatch(r"[0-9]{1,18}", declared) and int(declared) > max_bytes:
         raise PayloadTooLargeError(f"The body is {declared} bytes; the limit is {max_bytes} bytes.")
     chunks, size = [], 0
     async for chunk in request.stream():
@@ -119,7 +145,7 @@ def _int_field(value, name: str) -> int | None:
     if value in (None, ""):
         return None
     text = value.strip() if isinstance(value, str) else ""
-    if not text.lstrip("-").isdigit():
+    if not re.fullmatch(r"-?[0-9]{1,9}", text):  # ASCII digits: "²".isdigit() is True, int("²") fails
         raise InvalidRequestError(f"{name} must be an integer.", name)
     return int(text)
 
@@ -162,7 +188,13 @@ class OCRIngress:
 
             from serve_app.ui import build_ui
 
-            gr.mount_gradio_app(self._asgi_app, build_ui(self.recognize, self.config), path=self.config.ui.path)
+            gr.mount_gradio_app(
+                self._asgi_app,
+                build_ui(self.recognize, self.config),
+                path=self.config.ui.path,
+                max_file_size=self.config.limits.max_body_bytes,  # Gradio's own upload route, bounded too
+                run_history=False,  # no copies of people's documents kept in the browser
+            )
         return self._asgi_app
 
     # ------------------------------------------------------------------ the pipeline, shared by both APIs
@@ -371,16 +403,23 @@ class OCRIngress:
 
     async def _read_form(self, request: Request):
         limits = self.config.limits
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limits.max_body_bytes + 64 * 1024:
+        declared = request.headers.get("content-length", "")
+        if re.fullmatch(r"[0-9]{1,18}", declared) and int(declared) > limits.max_body_bytes + 64 * 1024:
             raise PayloadTooLargeError(f"The body is {declared} bytes; the limit is {limits.max_body_bytes} bytes.")
         try:
             form = await request.form(max_files=limits.max_pages, max_fields=16, max_part_size=limits.max_body_bytes)
         except OCRServiceError:
             raise
         except Exception as error:  # malformed multipart, or more files than max_pages
-            raise InvalidRequestError(f"The multipart form could not be parsed: {error}") from None
+            detail = getattr(error, "detail", None) or str(error)  # Starlette's text starts "400: "
+            if "Too many files" in detail:
+                raise PayloadTooLargeError(f"At most {limits.max_pages} files (pages) per request.", "file") from None
+            raise InvalidRequestError(f"The multipart form could not be parsed: {detail}") from None
         uploads = [item for name in ("file", "image") for item in form.getlist(name) if not isinstance(item, str)]
+        if not uploads and not list(form.keys()):
+            raise InvalidRequestError(
+                "The multipart form could not be parsed: is it truncated, or missing its closing boundary?", "file"
+            )
         if not uploads:
             raise InvalidRequestError("The multipart form needs the image in a file field named 'file'.", "file")
         files, total = [], 0
@@ -398,8 +437,19 @@ class OCRIngress:
     async def models(self) -> ModelList:
         return ModelList(data=[ModelCard(id=self.config.model.served_model_name)])
 
-    @app.post("/v1/chat/completions", response_model=ChatCompletion, responses=ERROR_RESPONSES)
-    async def chat_completions(self, body: ChatCompletionRequest):
+    @app.post(
+        "/v1/chat/completions",
+        response_model=ChatCompletion,
+        responses=ERROR_RESPONSES,
+        openapi_extra={"requestBody": {"content": {"application/json": {"schema": ChatCompletionRequest.model_json_schema()}}}},
+    )
+    async def chat_completions(self, request: Request):
+        # Read with a limit (base64 images make the JSON ~4/3 of the image bytes), then validate.
+        limit = -(-self.config.limits.max_body_bytes // 3) * 4 + 64 * 1024
+        try:
+            body = ChatCompletionRequest.model_validate_json(await read_body(request, limit))
+        except ValidationError as error:
+            raise validation_error(error.errors(), skip=0) from None
         served = self.config.model.served_model_name
         if body.model != served:
             raise NotFoundError(f"The model {body.model!r} does not exist; this server serves {served!r}.", "model")
@@ -410,7 +460,8 @@ class OCRIngress:
         task_request = build_task_request(
             body.task, body.lang, body.fields, body.target_language, self._check_prompt(text), family
         )
-        sampling = self._sampling(task_request, body.max_completion_tokens or body.max_tokens, body.temperature)
+        max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+        sampling = self._sampling(task_request, max_tokens, body.temperature)
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)

@@ -99,6 +99,22 @@ def _check_rgb(image: np.ndarray) -> None:
         raise ValueError(f"expected an HxWx3 uint8 RGB array, got {getattr(image, 'shape', type(image))}")
 
 
+MAX_ASPECT = 8  # past this, rapidocr's detector input explodes (a 10x2000 page became 736x138368) or breaks
+
+
+def _pad_extreme_aspect(img: np.ndarray) -> np.ndarray:
+    """Pad very tall or very wide images with white on the right or bottom to an aspect ratio of at most 8.
+    Right/bottom padding moves no coordinates, and `map_boxes_to_original` clips boxes to the original size."""
+    height, width = img.shape[:2]
+    target_width = max(width, -(-height // MAX_ASPECT))
+    target_height = max(height, -(-width // MAX_ASPECT))
+    if (target_height, target_width) == (height, width):
+        return img
+    padded = np.full((target_height, target_width, img.shape[2]), 255, dtype=img.dtype)
+    padded[:height, :width] = img
+    return padded
+
+
 class TextDetector:
     """Text-line detection, reading order, crops and angle correction (the VisionEncoder stage's work).
 
@@ -120,7 +136,7 @@ class TextDetector:
         """RGB uint8 HxWx3 -> text regions in reading order (empty list when there is no text)."""
         _check_rgb(image)
         ori_h, ori_w = image.shape[:2]
-        bgr = _rgb_to_bgr(image)
+        bgr = _pad_extreme_aspect(_rgb_to_bgr(image))
         # As RapidOCR.preprocess_img + detect_and_crop do:
         img, ratio_h, ratio_w = resize_image_within_bounds(bgr, self._global.min_side_len, self._global.max_side_len)
         op_record = {"preprocess": {"ratio_h": ratio_h, "ratio_w": ratio_w}}
