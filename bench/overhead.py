@@ -42,7 +42,8 @@ async def run_load(send, payloads: list[bytes], concurrency: int) -> dict:
         while not queue.empty():
             payload = queue.get_nowait()
             started = time.perf_counter()
-            tokens += await send(payload)
+            produced = await send(payload)  # not `tokens += await ...`: that reads `tokens` before awaiting
+            tokens += produced
             latencies.append(time.perf_counter() - started)
 
     started = time.perf_counter()

@@ -137,6 +137,9 @@ def markdown_report(response: OCRResponse) -> str:
         lines += ["| # | text | x1 | y1 | x2 | y2 |", "|---|---|---|---|---|---|"]
         for number, box in enumerate(response.boxes, start=1):
             lines.append(f"| {number} | {_cell(box.text)} | " + " | ".join(map(str, box.bbox)) + " |")
+    elif response.pages is not None:
+        for page in response.pages:
+            lines += [f"## Page {page.page}", "", page.text, ""]
     else:
         lines.append(response.text)
     return "\n".join(lines) + "\n"
@@ -151,7 +154,7 @@ def details_markdown(response: OCRResponse) -> str:
         f"**Time (ms)** preprocess {t.preprocess:g} · encode {t.encode:g} · decode {t.decode:g} · "
         f"total {t.total:g} · encoder batch {t.encoder_batch_size}",
         f"**Image** {i.oriented_width}×{i.oriented_height} px (EXIF orientation {i.exif_orientation}), "
-        f"model saw {i.model_width}×{i.model_height}",
+        f"model saw {i.model_width}×{i.model_height}" if i is not None else f"**Pages** {len(response.pages or [])}",
     ]
     lines += [f"⚠️ {html.escape(warning)}" for warning in response.warnings]
     return "  \n".join(line for line in lines if line)
@@ -196,13 +199,17 @@ def build_ui(recognize: Recognize, config: OCRAppConfig) -> gr.Blocks:
 
     with gr.Blocks(title="OCR", analytics_enabled=False, delete_cache=(3600, 3600)) as blocks:
         gr.Markdown(
-            f"## Read the text in an image\nDrop a JPG, PNG or WebP image here (or paste one), choose what to "
+            f"## Read the text in an image\nDrop a JPG, PNG or WebP image here (or paste one, or open a PDF), "
+            f"choose what to "
             f"read, then press **Recognize**. Model: `{config.model.served_model_name}`."
         )
         with gr.Row():
             with gr.Column(scale=1):
                 image = gr.Image(type="filepath", sources=["upload", "clipboard"], label="Image (JPG, PNG, WebP)",
                                  elem_id="ocr-image", height=320)
+                with gr.Accordion("…or a PDF document", open=False):
+                    pdf = gr.File(file_types=[".pdf"], type="filepath", label="PDF", elem_id="ocr-pdf")
+                    pages = gr.Textbox(label="Pages (e.g. 1-3,7; empty: all)", elem_id="ocr-pages")
                 task = gr.Radio([(TASK_LABELS.get(n, n), n) for n in tasks], value="text", label="What to read",
                                 elem_id="ocr-task")
                 fields = gr.Textbox(label="Fields to extract (comma-separated)", placeholder="company, date, total",
@@ -237,11 +244,12 @@ def build_ui(recognize: Recognize, config: OCRAppConfig) -> gr.Blocks:
 
         task.change(show_options, task, [fields, target], queue=False, api_visibility="private")
 
-        async def run(upload, task_name, lang_code, field_list, target_language, instruction, tokens,
-                      progress=gr.Progress()):
+        async def run(upload, pdf_upload, page_selector, task_name, lang_code, field_list, target_language,
+                      instruction, tokens, progress=gr.Progress()):
             try:
-                progress(0.05, desc="Reading the image")
-                image_bytes = read_upload(upload, limits.max_body_bytes)
+                progress(0.05, desc="Reading the file")
+                # A PDF, when one is given, wins over the image.
+                image_bytes = read_upload(pdf_upload or upload, limits.max_body_bytes)
                 if not is_vlm or tokens in (None, ""):  # PP-OCR generates no tokens
                     token_limit = None
                 elif isinstance(tokens, (int, float)) and float(tokens).is_integer():
@@ -257,6 +265,7 @@ def build_ui(recognize: Recognize, config: OCRAppConfig) -> gr.Blocks:
                     target_language if task_name == "translate" else None,
                     (instruction or "").strip() or None if is_vlm else None,
                     token_limit,
+                    **({"pages": (page_selector or "").strip() or None} if pdf_upload else {}),
                 )
             except Exception as failure:  # every error reads as a message in the page, never a trace
                 service_error = as_service_error(failure)
@@ -268,13 +277,17 @@ def build_ui(recognize: Recognize, config: OCRAppConfig) -> gr.Blocks:
                         hidden, "", hidden)
             progress(0.9, desc="Preparing the results")
             spotting = response.boxes is not None
+            if response.pages is not None:  # a PDF: the boxes of each page are in its table rows
+                spotting = any(page.boxes is not None for page in response.pages)
             overlay_image = None
-            if spotting:
+            if response.boxes is not None:
                 try:
                     overlay_image = await asyncio.to_thread(draw_boxes, image_bytes, response)  # off the event loop
                 except Exception as failure:  # the table still shows the boxes
                     logger.warning("web UI could not draw the boxes: %r", failure)
             rows = [[n, box.text, *box.bbox] for n, box in enumerate(response.boxes or [], start=1)]
+            for page in response.pages or []:
+                rows += [[f"p{page.page}.{n}", box.text, *box.bbox] for n, box in enumerate(page.boxes or [], start=1)]
             return (
                 gr.update(visible=False, value=""),
                 response.text,
@@ -288,7 +301,7 @@ def build_ui(recognize: Recognize, config: OCRAppConfig) -> gr.Blocks:
 
         # preprocess=False: the image arrives as Gradio's upload record, so `run` reads the file exactly
         # as sent (gr.Image would otherwise open it with Pillow first and fail on bad files its own way).
-        submit.click(run, [image, task, lang, fields, target, prompt, max_tokens], outputs, preprocess=False,
+        submit.click(run, [image, pdf, pages, task, lang, fields, target, prompt, max_tokens], outputs, preprocess=False,
                      concurrency_limit=concurrency, api_name="recognize")
     blocks.queue(max_size=max(16, 8 * concurrency), default_concurrency_limit=concurrency)
     return blocks

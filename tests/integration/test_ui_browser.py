@@ -151,3 +151,21 @@ def test_errors_read_as_messages_and_the_page_stays_usable(page, tmp_path):
     page.locator("#ocr-submit").click()
     expect(page.locator("#ocr-text textarea")).to_have_value(re.compile("TOTAL 42.50"), timeout=RESULT_TIMEOUT_MS)
     expect(error).to_be_hidden()
+
+
+def test_a_pdf_is_read_page_by_page(page, tmp_path):
+    from playwright.sync_api import expect
+
+    pages = [render_text_page((line,), size=(612, 300)) for line in ("PAGE ONE 111", "PAGE TWO 222", "PAGE THREE 333")]
+    pdf_path = tmp_path / "letter.pdf"
+    pages[0].save(pdf_path, "PDF", save_all=True, append_images=pages[1:], resolution=72)
+    page.get_by_text("…or a PDF document").click()
+    page.locator("#ocr-pdf input[type=file]").set_input_files(str(pdf_path))
+    expect(page.locator("#ocr-pdf")).to_contain_text("letter.pdf", timeout=RESULT_TIMEOUT_MS)
+    page.locator("#ocr-pages textarea, #ocr-pages input").first.fill("1,3")
+    page.locator("#ocr-submit").click()
+    text = page.locator("#ocr-text textarea")
+    expect(text).to_have_value(re.compile("PAGE THREE 333"), timeout=RESULT_TIMEOUT_MS)
+    assert text.input_value().split() == "PAGE ONE 111 PAGE THREE 333".split()
+    expect(page.locator("#ocr-details")).to_contain_text("Pages 2")
+    expect(page.locator("#ocr-error")).to_be_hidden()

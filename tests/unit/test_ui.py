@@ -106,7 +106,7 @@ def test_errors_become_a_visible_message_without_internals(tmp_path, error, titl
     path = tmp_path / "page.png"
     path.write_bytes(b"not an image")
     with pytest.warns(UserWarning):  # gr.Warning outside a request
-        outputs = asyncio.run(run({"path": str(path)}, "text", "zh", "", "English", "", 2048))
+        outputs = asyncio.run(run({"path": str(path)}, None, "", "text", "zh", "", "English", "", 2048))
     box = outputs[0]
     assert box["visible"] is True and title in box["value"]
     assert "secret internals" not in box["value"] and "Traceback" not in box["value"]
@@ -123,7 +123,7 @@ def test_the_original_bytes_and_options_reach_recognize(tmp_path):
     _, run = handler(OCRAppConfig(), recognize)
     path = tmp_path / "page.jpg"
     path.write_bytes(image_bytes)
-    outputs = asyncio.run(run({"path": str(path)}, "fields", "en", "company, total", "French", "  ", 64))
+    outputs = asyncio.run(run({"path": str(path)}, None, "", "fields", "en", "company, total", "French", "  ", 64))
     assert calls == [(image_bytes, "fields", "en", ["company, total"], None, None, 64)]
     assert outputs[0]["visible"] is False
     assert outputs[3] == {"__type__": "update", "visible": True, "value": {"total": "42.50"}}
@@ -140,6 +140,21 @@ def test_pp_ocr_gets_no_instruction_options(tmp_path):
     _, run = handler(OCRAppConfig.model_validate({"model": {"family": "pp_ocr"}}), recognize)
     path = tmp_path / "page.png"
     path.write_bytes(b"png bytes")
-    outputs = asyncio.run(run({"path": str(path)}, "text", "zh", "", "English", "ignored", 2048))
+    outputs = asyncio.run(run({"path": str(path)}, None, "", "text", "zh", "", "English", "ignored", 2048))
     assert calls == [(b"png bytes", "text", None, None, None, None, None)]
     assert "Time (ms)" in outputs[6]
+
+
+def test_a_pdf_wins_over_the_image_and_carries_the_page_selector(tmp_path):
+    calls = []
+
+    async def recognize(*args, **kwargs):
+        calls.append((args, kwargs))
+        return response(task="text", size=(300, 200))
+
+    _, run = handler(OCRAppConfig.model_validate({"model": {"family": "pp_ocr"}}), recognize)
+    image, pdf = tmp_path / "page.png", tmp_path / "doc.pdf"
+    image.write_bytes(b"png bytes")
+    pdf.write_bytes(b"%PDF-1.7 bytes")
+    asyncio.run(run({"path": str(image)}, {"path": str(pdf)}, " 1-2 ", "text", "zh", "", "English", "", None))
+    assert calls == [((b"%PDF-1.7 bytes", "text", None, None, None, None, None), {"pages": "1-2"})]
