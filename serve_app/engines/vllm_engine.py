@@ -24,13 +24,13 @@ import torch
 from serve_app.config import DecoderConfig, ModelConfig
 from serve_app.engines.base import DecoderEngine
 from serve_app.errors import InvalidRequestError, ServiceUnavailableError
+from serve_app.hunyuan_vl import torch_dtype
 from serve_app.stage_io import DecodeChunk, DecodeRequest
 from serve_app.vllm_hunyuan_embeds import MODEL_CLASS_OVERRIDE, image_token_counts
 
 logger = logging.getLogger(__name__)
 
 ARCHITECTURE = "HunYuanVLForConditionalGeneration"
-TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 # Derived from ModelConfig / fixed by this engine; setting them in engine_args would contradict it.
 ENGINE_OWNED_ARGS = frozenset({"model", "dtype", "enable_mm_embeds", "model_class_overrides"})
 
@@ -84,7 +84,7 @@ class VLLMEngine(DecoderEngine):
     def __init__(self, model: ModelConfig, decoder: DecoderConfig, model_path: str):
         super().__init__(model, decoder, model_path)
         self.engine_args = build_engine_args(model, decoder, model_path)
-        self.torch_dtype = TORCH_DTYPES[model.dtype]
+        self.torch_dtype = torch_dtype(model.dtype)
         self._llm = None
         self._in_flight: set[str] = set()
         self._merge_size = 2
