@@ -56,6 +56,10 @@ class LimitsConfig(_Strict):
     pdf_max_dpi: int = Field(200, ge=36, description="PDF pages render at most at this DPI (and within max_pixels).")
     max_tokens_cap: int = Field(16_384, gt=0, description="Server-side cap on max_tokens.")
     default_max_tokens: int = Field(2_048, gt=0, description="max_tokens when the caller gives none.")
+    request_timeout_s: float = Field(
+        300.0, gt=0, description="Longest a request may take end to end; past it the pipeline is cancelled and "
+        "the caller gets 504. Keep Ray's http_options.request_timeout_s above it as a backstop."
+    )
 
     @model_validator(mode="after")
     def _default_within_cap(self) -> LimitsConfig:
@@ -99,7 +103,11 @@ class StageConfig(_Strict):
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0, le=1)
     max_ongoing_requests: int = Field(16, ge=1)
-    max_queued_requests: int = Field(-1, ge=-1, description="-1: unbounded queue at the caller.")
+    max_queued_requests: int = Field(
+        -1, ge=-1, description="Requests waiting for this stage beyond max_ongoing_requests per replica; past it "
+        "callers get 503 + Retry-After at once. -1: unbounded (no load shedding)."
+    )
+    retry_after_s: int = Field(1, ge=0, description="Retry-After (seconds) on the 503 of a shed request.")
     health_check_period_s: float = Field(10.0, gt=0)
     health_check_timeout_s: float = Field(30.0, gt=0)
     graceful_shutdown_timeout_s: float = Field(20.0, ge=0)
@@ -112,6 +120,8 @@ class StageConfig(_Strict):
 
     def deployment_options(self) -> dict[str, Any]:
         """Keyword arguments for `Deployment.options(...)`."""
+        from ray.serve.config import BackpressureConfig
+
         options: dict[str, Any] = {
             "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
             "max_ongoing_requests": self.max_ongoing_requests,
@@ -119,6 +129,8 @@ class StageConfig(_Strict):
             "health_check_period_s": self.health_check_period_s,
             "health_check_timeout_s": self.health_check_timeout_s,
             "graceful_shutdown_timeout_s": self.graceful_shutdown_timeout_s,
+            # Used when Ray's proxy itself sheds a request for this stage (the ingress): 503 + Retry-After.
+            "backpressure_config": BackpressureConfig(status_code=503, retry_after_s=self.retry_after_s),
         }
         if self.autoscaling is not None:
             options["autoscaling_config"] = self.autoscaling.model_dump(exclude_none=True)
@@ -156,6 +168,42 @@ class UIConfig(_Strict):
     path: str = Field("/ui", pattern=r"^/[A-Za-z0-9_\-/]*[A-Za-z0-9_\-]$", description="Where the UI is mounted.")
 
 
+class SecurityConfig(_Strict):
+    """Optional API key. When a key is configured every route needs it: `Authorization: Bearer <key>`
+    (or HTTP Basic with the key as password, which the browser asks for on the web UI)."""
+
+    api_key_env: str | None = Field(
+        "OCR_API_KEY", description="Environment variable holding the key (read in the ingress replica); "
+        "unset or empty: no key from the environment."
+    )
+    api_key_file: str | None = Field(
+        None, description="File holding the key (first line). If set, it must exist and be non-empty."
+    )
+    log_payloads: bool = Field(
+        False, description="Debug only: log instructions and extracted text. Off: logs never hold document content."
+    )
+
+
+class ImageURLConfig(_Strict):
+    """Which image_url values the chat API accepts. Default: data: URLs only; the server fetches nothing."""
+
+    allowed_domains: list[str] = Field(
+        default_factory=list,
+        description="Hosts whose http(s) URLs are fetched (a listed domain also allows its subdomains). "
+        "Redirects are followed only to hosts on this list.",
+    )
+    allowed_schemes: list[Literal["https", "http"]] = Field(default_factory=lambda: ["https"])
+    fetch_timeout_s: float = Field(10.0, gt=0, description="Whole fetch, redirects included.")
+    max_redirects: int = Field(3, ge=0)
+
+    @model_validator(mode="after")
+    def _plain_hosts(self) -> ImageURLConfig:
+        for domain in self.allowed_domains:
+            if not domain or any(char in domain for char in "/:@*? ") or domain != domain.strip("."):
+                raise ValueError(f"allowed_domains entries are host names like 'images.example.com'; got {domain!r}")
+        return self
+
+
 class OCRAppConfig(_Strict):
     model: ModelConfig = ModelConfig()
     limits: LimitsConfig = LimitsConfig()
@@ -169,6 +217,8 @@ class OCRAppConfig(_Strict):
     decoder: DecoderConfig = DecoderConfig()
     ingress: IngressConfig = IngressConfig()
     ui: UIConfig = UIConfig()
+    security: SecurityConfig = SecurityConfig()
+    image_url: ImageURLConfig = ImageURLConfig()
 
     @classmethod
     def from_serve_config(cls, path: str | Path, app_name: str | None = None) -> OCRAppConfig:

@@ -7,6 +7,8 @@ Raised in any stage; Ray re-raises them in the ingress as subclasses of the same
 
 from __future__ import annotations
 
+import math
+
 
 class OCRServiceError(Exception):
     status_code = 500
@@ -66,11 +68,27 @@ class PayloadTooLargeError(OCRServiceError):
     error_type = "payload_too_large"
 
 
+class UnauthorizedError(OCRServiceError):
+    status_code = 401
+    error_type = "authentication_error"
+
+
 class ServiceUnavailableError(OCRServiceError):
-    """Overload or a stage that is (re)starting: the caller should retry."""
+    """Overload or a stage that is (re)starting: the caller should retry after `retry_after_s`."""
 
     status_code = 503
     error_type = "service_unavailable"
+
+    def __init__(self, message: str, param: str | None = None, retry_after_s: int = 1):
+        super().__init__(message, param)
+        self.retry_after_s = retry_after_s
+
+
+class RequestTimeoutError(OCRServiceError):
+    """The request ran past limits.request_timeout_s; its work was cancelled. Retriable."""
+
+    status_code = 504
+    error_type = "timeout"
 
 
 class EngineError(OCRServiceError):
@@ -91,9 +109,10 @@ def as_service_error(error: BaseException) -> OCRServiceError:
     if isinstance(error, OCRServiceError) and not isinstance(error, ray_exceptions.RayTaskError):
         return error
     if isinstance(error, serve_exceptions.BackPressureError):
-        return ServiceUnavailableError("The service is at capacity; retry shortly.")
+        retry_after_s = error.retry_after_s if error.retry_after_s is not None else 1
+        return ServiceUnavailableError("The service is at capacity; retry shortly.", retry_after_s=math.ceil(retry_after_s))
     if isinstance(error, (serve_exceptions.DeploymentUnavailableError, ray_exceptions.RayActorError)):
         return ServiceUnavailableError("A pipeline stage is restarting; retry shortly.")
     if isinstance(error, (TimeoutError, ray_exceptions.GetTimeoutError)):
-        return ServiceUnavailableError("The request timed out inside the pipeline; retry shortly.")
+        return RequestTimeoutError("The request timed out inside the pipeline; retry later or with a smaller input.")
     return OCRServiceError("Internal error while processing the request.")

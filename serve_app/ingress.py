@@ -22,13 +22,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.chat_input import image_and_instruction
+from serve_app.auth import APIKeyMiddleware, load_api_key
+from serve_app.chat_input import image_and_instruction, load_image
 from serve_app.config import OCRAppConfig
 from serve_app.errors import (
     InvalidRequestError,
     NotFoundError,
     OCRServiceError,
     PayloadTooLargeError,
+    RequestTimeoutError,
+    ServiceUnavailableError,
     as_service_error,
 )
 from serve_app.openai_schemas import (
@@ -51,8 +54,9 @@ from serve_app.tasks import TaskRequest, build_task_request, fields_json_schema
 
 logger = logging.getLogger("ray.serve")
 
-ERROR_RESPONSES = {status: {"model": ErrorResponse} for status in (400, 404, 413, 415, 422, 500, 503)}
-RETRY_AFTER_S = "1"
+ERROR_RESPONSES = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 415, 422, 500, 503, 504)}
+# A stage that does not answer a health ping within this is reported unavailable (it may be restarting).
+HEALTH_PING_TIMEOUT_S = 5.0
 
 app = FastAPI(
     title="HunyuanOCR service",
@@ -63,9 +67,11 @@ app = FastAPI(
 
 def error_response(error: BaseException) -> JSONResponse:
     service_error = as_service_error(error)
-    if service_error.status_code >= 500:
-        logger.error("request failed: %r", error)
-    headers = {"Retry-After": RETRY_AFTER_S} if service_error.status_code == 503 else None
+    if service_error.status_code >= 500 and not isinstance(service_error, (ServiceUnavailableError, RequestTimeoutError)):
+        logger.error("request failed: %s", type(error).__name__)  # not the message: it may quote the document
+    headers = None
+    if isinstance(service_error, ServiceUnavailableError):
+        headers = {"Retry-After": str(service_error.retry_after_s)}
     return JSONResponse(service_error.to_dict(), status_code=service_error.status_code, headers=headers)
 
 
@@ -154,6 +160,16 @@ def _openai_finish(reason: str) -> str:
     return "length" if reason == "length" else "stop"  # the repetition guard's stop reads as "stop"
 
 
+async def _next_or_none(chunks, remaining_s: float):
+    """The stream's next chunk (None at its end), or TimeoutError once the request's deadline passed."""
+    if remaining_s <= 0:
+        raise TimeoutError
+    try:
+        return await asyncio.wait_for(chunks.__anext__(), remaining_s)
+    except StopAsyncIteration:
+        return None
+
+
 def _sse(payload) -> str:
     if isinstance(payload, str):
         data = payload
@@ -179,6 +195,9 @@ class OCRIngress:
         self.preprocessor = preprocessor
         self.encoder = encoder
         self.decoder = decoder
+        # Read here, in the replica: the key never travels through Ray's config or logs. A configured
+        # key file that cannot be read fails the replica (no silent fall back to an open service).
+        self.api_key = load_api_key(config.security)
 
     def __serve_build_asgi_app__(self):
         """Serve calls this in the replica once the class-based routes are bound: the web UI is
@@ -195,6 +214,9 @@ class OCRIngress:
                 max_file_size=self.config.limits.max_body_bytes,  # Gradio's own upload route, bounded too
                 run_history=False,  # no copies of people's documents kept in the browser
             )
+        if self.api_key:
+            ui_path = self.config.ui.path if self.config.ui.enabled else None
+            self._asgi_app.add_middleware(APIKeyMiddleware, api_key=self.api_key, ui_path=ui_path)
         return self._asgi_app
 
     # ------------------------------------------------------------------ the pipeline, shared by both APIs
@@ -284,7 +306,27 @@ class OCRIngress:
             started=started,
         )
 
-    async def recognize(
+    async def within_deadline(self, awaitable):
+        """Bound a request's whole pipeline by limits.request_timeout_s. On expiry the awaited stage calls are
+        cancelled (Serve propagates the cancellation, vLLM aborts the generation) and the caller gets 504."""
+        timeout_s = self.config.limits.request_timeout_s
+        try:
+            return await asyncio.wait_for(awaitable, timeout_s)
+        except (asyncio.TimeoutError, TimeoutError):
+            raise RequestTimeoutError(
+                f"The request did not finish within {timeout_s:g} s and was cancelled; retry later, "
+                "or send fewer pages or a smaller max_tokens."
+            ) from None
+
+    async def recognize(self, data: bytes | list[bytes], *args, **kwargs) -> OCRResponse:
+        """An image, several images, or a PDF through the three stages, structured by task, within the
+        request deadline. `/ocr` and the web UI both call this."""
+        response = await self.within_deadline(self._recognize(data, *args, **kwargs))
+        if self.config.security.log_payloads:
+            logger.info("request %s: task %s, text %r", response.id, response.task, response.text)
+        return response
+
+    async def _recognize(
         self,
         data: bytes | list[bytes],
         task: str | None = None,
@@ -299,8 +341,7 @@ class OCRIngress:
         return_token_ids: bool = False,
         started: float | None = None,
     ) -> OCRResponse:
-        """An image, several images, or a PDF through the three stages, structured by task.
-        `/ocr` and the web UI both call this. Pages fan out concurrently and come back in order."""
+        """Pages fan out concurrently and come back in order."""
         started = started or time.perf_counter()
         limits = self.config.limits
         task_request = build_task_request(
@@ -453,7 +494,10 @@ class OCRIngress:
         served = self.config.model.served_model_name
         if body.model != served:
             raise NotFoundError(f"The model {body.model!r} does not exist; this server serves {served!r}.", "model")
-        image_bytes, text = image_and_instruction(body.messages, self.config.limits.max_body_bytes)
+        image_url, text = image_and_instruction(body.messages)
+        image_bytes = await self.within_deadline(
+            load_image(image_url, self.config.image_url, self.config.limits.max_body_bytes)
+        )
         family = self.config.model.family
         if family != "hunyuan_vl":
             text = None  # models without instructions: the task (default text) decides, the chat text is ignored
@@ -465,16 +509,19 @@ class OCRIngress:
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            deadline = time.monotonic() + self.config.limits.request_timeout_s
             # Preprocessing errors (bad image) surface here, before the 200 of the stream is sent.
             prepared_response, embeddings_response = self._stages(image_bytes, task_request)
-            prepared = await prepared_response
+            prepared = await self.within_deadline(prepared_response)
             chunks = self.decoder.options(stream=True).generate_stream.remote(
                 prepared.prompt, embeddings_response, sampling, request_id
             )
             return StreamingResponse(
-                self._chat_stream(chunks, request_id, include_usage), media_type="text/event-stream"
+                self._chat_stream(chunks, request_id, include_usage, deadline), media_type="text/event-stream"
             )
-        _, result = await self._run(image_bytes, task_request, sampling, request_id)
+        _, result = await self.within_deadline(self._run(image_bytes, task_request, sampling, request_id))
+        if self.config.security.log_payloads:
+            logger.info("request %s: text %r", request_id, result.text)
         return ChatCompletion(
             id=request_id,
             model=served,
@@ -486,12 +533,22 @@ class OCRIngress:
             ),
         )
 
-    async def _chat_stream(self, chunks, request_id: str, include_usage: bool) -> AsyncIterator[str]:
+    async def _chat_stream(self, chunks, request_id: str, include_usage: bool, deadline: float) -> AsyncIterator[str]:
         model = self.config.model.served_model_name
         yield _sse(ChatCompletionChunk(id=request_id, model=model, choices=[ChunkChoice(delta=Delta(role="assistant", content=""))]))
         prompt_tokens = completion_tokens = 0
         try:
-            async for chunk in chunks:
+            while True:
+                try:
+                    chunk = await _next_or_none(chunks, deadline - time.monotonic())
+                except (asyncio.TimeoutError, TimeoutError):
+                    chunks.cancel()  # stops the decoder's generation
+                    raise RequestTimeoutError(
+                        f"The request did not finish within {self.config.limits.request_timeout_s:g} s and was "
+                        "cancelled; retry later or with a smaller max_tokens."
+                    ) from None
+                if chunk is None:
+                    break
                 prompt_tokens = prompt_tokens or chunk.prompt_tokens
                 completion_tokens += len(chunk.token_ids)
                 finish = _openai_finish(chunk.finish_reason) if chunk.finish_reason else None
@@ -518,8 +575,10 @@ class OCRIngress:
         stages = {}
         for name, handle in (("preprocessor", self.preprocessor), ("encoder", self.encoder), ("decoder", self.decoder)):
             try:
-                await handle.ping.remote()
+                await asyncio.wait_for(handle.ping.remote(), HEALTH_PING_TIMEOUT_S)
                 stages[name] = "ok"
+            except (asyncio.TimeoutError, TimeoutError):
+                stages[name] = f"unavailable: no answer within {HEALTH_PING_TIMEOUT_S:g} s"
             except Exception as error:  # a stage that cannot answer makes the service unhealthy
                 stages[name] = f"unavailable: {type(error).__name__}"
         healthy = all(state == "ok" for state in stages.values())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import numpy as np
 from ray import serve
 
 from serve_app.config import OCRAppConfig
@@ -33,6 +34,16 @@ class VisionTowerEncoder:
             for emb, item in zip(embeddings, batch)
         ]
 
+    def probe(self) -> None:
+        """The smallest image the tower takes (one merged token) through a real forward pass."""
+        config = self.tower.config
+        merge = int(config.spatial_merge_size)
+        patch_dim = 3 * int(getattr(config, "temporal_patch_size", 1) or 1) * int(config.patch_size) ** 2
+        grid = np.array([1, merge, merge], dtype=np.int64)
+        (embeddings,) = encode_images(self.tower, [np.zeros((merge * merge, patch_dim), np.float32)], [grid])
+        if not np.isfinite(embeddings).all():
+            raise RuntimeError("the vision tower produced non-finite embeddings")
+
 
 class TextDetectionEncoder:
     """PP-OCR family: text detection, crops and angle correction (one image at a time)."""
@@ -48,6 +59,9 @@ class TextDetectionEncoder:
         elapsed_ms = (time.perf_counter() - started) * 1000
         return [DetectedText(regions=found, encode_ms=elapsed_ms, batch_size=len(batch)) for found in regions]
 
+    def probe(self) -> None:
+        self.detector.detect(np.full((32, 32, 3), 255, np.uint8))
+
 
 @serve.deployment
 class VisionEncoder:
@@ -56,6 +70,9 @@ class VisionEncoder:
         self.encoder = family_encoder(config)
         self.encode_batch.set_max_batch_size(config.encoder.max_batch_size)
         self.encode_batch.set_batch_wait_timeout_s(config.encoder.batch_wait_timeout_s)
+        self.health_period_s = config.encoder.health_check_period_s
+        self.last_success = time.monotonic()
+        self.failure: str | None = None  # the device error of the last failed batch, until a batch succeeds
 
     async def encode(self, prepared: PreparedImage) -> ImageEmbeddings | DetectedText:
         return await self.encode_batch(prepared)
@@ -63,7 +80,24 @@ class VisionEncoder:
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
     async def encode_batch(self, batch: list[PreparedImage]) -> list[ImageEmbeddings | DetectedText]:
         # The whole batch in one call, off the event loop so requests keep queueing.
-        return await asyncio.to_thread(self.encoder.encode, batch)
+        try:
+            results = await asyncio.to_thread(self.encoder.encode, batch)
+        except (RuntimeError, MemoryError) as error:  # device/runtime failures, not bad input (ValueError)
+            self.failure = f"{type(error).__name__}: {error}"[:300]
+            raise
+        self.last_success, self.failure = time.monotonic(), None
+        return results
+
+    async def check_health(self) -> None:
+        """Serve replaces the replica when this raises. Recent successful batches prove the tower works;
+        otherwise (idle, or the last batch failed) a real forward pass on a minimal input must succeed."""
+        if self.failure is None and time.monotonic() - self.last_success < self.health_period_s:
+            return
+        try:
+            await asyncio.to_thread(self.encoder.probe)
+        except Exception as error:
+            raise RuntimeError(f"vision encoder probe failed: {type(error).__name__}: {error}") from error
+        self.last_success, self.failure = time.monotonic(), None
 
     async def ping(self) -> bool:
         return True
