@@ -79,7 +79,9 @@ class APIKeyMiddleware:
         )
         error = UnauthorizedError(message)
         challenge = "Bearer"
-        path = scope.get("path", "")
+        path, root_path = scope.get("path", ""), scope.get("root_path", "")
+        if root_path and path.startswith(root_path):  # under a route prefix, the path includes it
+            path = path[len(root_path):]
         if self.ui_path and (path == self.ui_path or path.startswith(self.ui_path + "/")):
             challenge = 'Basic realm="OCR web UI (password: the API key)", charset="UTF-8"'
         body = json.dumps(error.to_dict()).encode()

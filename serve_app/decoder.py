@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
+import os
 import time
 from collections.abc import AsyncIterator
 
@@ -11,12 +14,17 @@ from ray import serve
 from serve_app.config import OCRAppConfig, RepetitionGuardConfig
 from serve_app.engines import DecoderEngine, load_engine_class
 from serve_app.engines.base import collect
+from serve_app.errors import EngineStoppedError
 from serve_app.model_files import resolve_model_path
 from serve_app.repetition import clean_repeated_tail, repeated_tail
 from serve_app.stage_io import DecodeChunk, DecodeRequest, DecodeResult, DetectedText, ImageEmbeddings, SamplingOptions
 
 # Characters per token, roughly, to turn the guard's token sizes into text sizes for cleaning.
 CHARS_PER_TOKEN = 4
+# After the engine died: time for the failed requests' 503s to leave before the replica exits.
+EXIT_AFTER_ENGINE_DEATH_S = 1.0
+
+logger = logging.getLogger("ray.serve")
 
 
 async def guarded(chunks: AsyncIterator[DecodeChunk], guard: RepetitionGuardConfig) -> AsyncIterator[DecodeChunk]:
@@ -59,15 +67,28 @@ class Decoder:
         engine_name = "pp_ocr" if config.model.family == "pp_ocr" else config.decoder.engine
         engine_class = engine_class or load_engine_class(engine_name)
         self.guard = config.repetition_guard
+        self.exiting = False
         self.engine = engine_class(config.model, config.decoder, resolve_model_path(config.model))
         await self.engine.start()
+
+    def replace_replica(self, reason: str) -> None:
+        """The engine is dead, so every later request here would fail: exit the process, and Ray Serve
+        starts a new replica now instead of after several failed health checks."""
+        if not self.exiting:
+            self.exiting = True
+            logger.error("decoder engine stopped (%s); exiting so that Ray Serve replaces this replica", reason)
+            asyncio.get_running_loop().call_later(EXIT_AFTER_ENGINE_DEATH_S, os._exit, 1)
 
     async def generate(
         self, prompt: str, image: ImageEmbeddings | DetectedText, sampling: SamplingOptions, request_id: str
     ) -> DecodeResult:
         started = time.perf_counter()
         stream = guarded(self.engine.stream(DecodeRequest(prompt, image, sampling, request_id)), self.guard)
-        result = clean_result(await collect(stream), self.guard)
+        try:
+            result = clean_result(await collect(stream), self.guard)
+        except EngineStoppedError as error:
+            self.replace_replica(type(error.__cause__).__name__)
+            raise
         result.decode_ms = (time.perf_counter() - started) * 1000
         result.encode_ms, result.encoder_batch_size = image.encode_ms, image.batch_size
         return result
@@ -76,11 +97,19 @@ class Decoder:
         self, prompt: str, image: ImageEmbeddings | DetectedText, sampling: SamplingOptions, request_id: str
     ) -> AsyncIterator[DecodeChunk]:
         """Streaming variant (call through a handle with `stream=True`)."""
-        async for chunk in guarded(self.engine.stream(DecodeRequest(prompt, image, sampling, request_id)), self.guard):
-            yield chunk
+        try:
+            async for chunk in guarded(self.engine.stream(DecodeRequest(prompt, image, sampling, request_id)), self.guard):
+                yield chunk
+        except EngineStoppedError as error:
+            self.replace_replica(type(error.__cause__).__name__)
+            raise
 
     async def check_health(self) -> None:
-        await self.engine.check_health()
+        try:
+            await self.engine.check_health()
+        except Exception as error:
+            self.replace_replica(f"health check: {type(error).__name__}")
+            raise
 
     async def ping(self) -> bool:
         return True

@@ -84,6 +84,10 @@ class ServiceUnavailableError(OCRServiceError):
         self.retry_after_s = retry_after_s
 
 
+class EngineStoppedError(ServiceUnavailableError):
+    """The decoder's engine died (e.g. vLLM's engine core process): this replica can serve nothing more."""
+
+
 class RequestTimeoutError(OCRServiceError):
     """The request ran past limits.request_timeout_s; its work was cancelled. Retriable."""
 
@@ -96,23 +100,38 @@ class EngineError(OCRServiceError):
     error_type = "engine_error"
 
 
+def _causes(error: BaseException) -> list[BaseException]:
+    """The error and what caused it, outermost first: Ray's task-error wrappers (`cause`) and Python's
+    `__cause__` (Serve wraps an upstream replica's death in a RayServeException that way)."""
+    from ray import exceptions as ray_exceptions
+
+    chain: list[BaseException] = []
+    while error is not None and not any(error is seen for seen in chain):
+        chain.append(error)
+        inner = error.cause if isinstance(error, ray_exceptions.RayTaskError) else None
+        error = inner if isinstance(inner, BaseException) else error.__cause__
+    return chain
+
+
 def as_service_error(error: BaseException) -> OCRServiceError:
     """The one exception -> API error mapping. Anything unknown is a 500 without internals leaked."""
     from ray import exceptions as ray_exceptions
     from ray.serve import exceptions as serve_exceptions
 
-    # An error raised in another stage arrives wrapped by Ray; its `cause` is the original.
-    while isinstance(error, ray_exceptions.RayTaskError) and isinstance(error.cause, BaseException):
-        if error.cause is error:
-            break
-        error = error.cause
-    if isinstance(error, OCRServiceError) and not isinstance(error, ray_exceptions.RayTaskError):
-        return error
-    if isinstance(error, serve_exceptions.BackPressureError):
-        retry_after_s = error.retry_after_s if error.retry_after_s is not None else 1
-        return ServiceUnavailableError("The service is at capacity; retry shortly.", retry_after_s=math.ceil(retry_after_s))
-    if isinstance(error, (serve_exceptions.DeploymentUnavailableError, ray_exceptions.RayActorError)):
-        return ServiceUnavailableError("A pipeline stage is restarting; retry shortly.")
-    if isinstance(error, (TimeoutError, ray_exceptions.GetTimeoutError)):
-        return RequestTimeoutError("The request timed out inside the pipeline; retry later or with a smaller input.")
+    chain = _causes(error)
+    for cause in chain:  # an error one of our stages raised on purpose, as it was raised
+        if isinstance(cause, OCRServiceError) and not isinstance(cause, ray_exceptions.RayTaskError):
+            return cause
+    for cause in chain:
+        if isinstance(cause, serve_exceptions.BackPressureError):
+            retry_after_s = cause.retry_after_s if cause.retry_after_s is not None else 1
+            return ServiceUnavailableError("The service is at capacity; retry shortly.", retry_after_s=math.ceil(retry_after_s))
+        # A stage's process died (or is restarting) while this request was in it or waited on it.
+        if isinstance(
+            cause,
+            (serve_exceptions.DeploymentUnavailableError, ray_exceptions.RayActorError, ray_exceptions.ObjectLostError),
+        ):
+            return ServiceUnavailableError("A pipeline stage is restarting; retry shortly.")
+        if isinstance(cause, (TimeoutError, ray_exceptions.GetTimeoutError)):
+            return RequestTimeoutError("The request timed out inside the pipeline; retry later or with a smaller input.")
     return OCRServiceError("Internal error while processing the request.")

@@ -23,7 +23,7 @@ import torch
 
 from serve_app.config import DecoderConfig, ModelConfig
 from serve_app.engines.base import DecoderEngine
-from serve_app.errors import InvalidRequestError, ServiceUnavailableError
+from serve_app.errors import EngineStoppedError, InvalidRequestError
 from serve_app.hunyuan_vl import torch_dtype
 from serve_app.stage_io import DecodeChunk, DecodeRequest
 from serve_app.vllm_hunyuan_embeds import MODEL_CLASS_OVERRIDE, image_token_counts
@@ -191,8 +191,8 @@ class VLLMEngine(DecoderEngine):
         except VLLMClientError as error:
             raise InvalidRequestError(f"The decoder rejected the request: {error}") from error
         except EngineDeadError as error:
-            # The replica's health check now fails too, and Serve replaces it: retriable.
-            raise ServiceUnavailableError("The decoder engine stopped; retry shortly.") from error
+            # The Decoder replaces its replica at once (and its health check fails): retriable.
+            raise EngineStoppedError("The decoder engine stopped; retry shortly.") from error
         except EngineGenerateError as error:
             if isinstance(error.__cause__, ValueError):
                 raise InvalidRequestError(f"The decoder rejected the request: {error.__cause__}") from error

@@ -27,6 +27,9 @@ HTTP_PORT = _free_port()
 BASE_URL = f"http://127.0.0.1:{HTTP_PORT}"
 ROUTES = {"vllm": "/vllm", "transformers": "/transformers"}
 LITE_ROUTE = "/lite"
+# The lite graph again with the security options on: an API key and an image_url allow-list.
+SECURE_ROUTE = "/secure"
+SECURE_API_KEY = "test-key-" + "7f3a9c1e5b"
 
 
 def graph_config(checkpoint: str, engine: str) -> OCRAppConfig:
@@ -40,11 +43,72 @@ def graph_config(checkpoint: str, engine: str) -> OCRAppConfig:
 
 def pytest_collection_modifyitems(items):
     # Subprocess `serve run` tests first: they must not meet the in-process Ray started below.
-    items.sort(key=lambda item: 0 if "test_serve_run" in item.nodeid else 1)
+    # Replica-kill tests last: nothing else should run while a stage restarts.
+    def order(item) -> int:
+        return 0 if "test_serve_run" in item.nodeid else 2 if "test_failures" in item.nodeid else 1
+
+    items.sort(key=order)
+
+
+class ImageServer:
+    """A local HTTP server for image_url fetching: `/receipt.jpg`, `/redirect-out` (to a host that is not
+    allowed), and a record of every path asked for."""
+
+    def __init__(self, image: bytes):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.asked: list[str] = []
+        server_self = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                server_self.asked.append(self.path)
+                if self.path == "/receipt.jpg":
+                    self.send_response(200)
+                    self.send_header("Content-Type", "image/jpeg")
+                    self.send_header("Content-Length", str(len(image)))
+                    self.end_headers()
+                    self.wfile.write(image)
+                elif self.path == "/redirect-out":
+                    self.send_response(302)
+                    self.send_header("Location", f"http://localhost:{server_self.port}/receipt.jpg")
+                    self.end_headers()
+                else:
+                    self.send_error(404)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
 
 
 @pytest.fixture(scope="session")
-def served(tiny_checkpoint):
+def image_server():
+    image = sorted((ROOT.parent / "shared" / "data" / "sroie-sample").glob("**/*.jpg"))[0].read_bytes()
+    server = ImageServer(image)
+    yield server
+    server.server.shutdown()
+
+
+def secure_config(key_file: Path) -> OCRAppConfig:
+    config = OCRAppConfig.from_serve_config(ROOT / "configs" / "lite.yaml").model_dump()
+    config["security"] = {"api_key_env": None, "api_key_file": str(key_file)}
+    config["image_url"] = {"allowed_domains": ["127.0.0.1"], "allowed_schemes": ["http"]}
+    for stage in ("preprocessor", "encoder", "decoder"):
+        config[stage]["autoscaling"] = None
+        config[stage]["num_replicas"] = 1
+    return OCRAppConfig.model_validate(config)
+
+
+@pytest.fixture(scope="session")
+def served(tiny_checkpoint, tmp_path_factory):
     import ray
     from ray import serve
 
@@ -54,6 +118,9 @@ def served(tiny_checkpoint):
     for engine, route in ROUTES.items():
         serve.run(build_graph(graph_config(str(tiny_checkpoint), engine)), name=engine, route_prefix=route)
     serve.run(build_graph(OCRAppConfig.from_serve_config(ROOT / "configs" / "lite.yaml")), name="lite", route_prefix=LITE_ROUTE)
+    key_file = tmp_path_factory.mktemp("secure") / "api_key"
+    key_file.write_text(SECURE_API_KEY + "\n")
+    serve.run(build_graph(secure_config(key_file)), name="secure", route_prefix=SECURE_ROUTE)
     yield str(tiny_checkpoint)
     serve.shutdown()
     ray.shutdown()

@@ -1,0 +1,168 @@
+"""Failures under load: a stage's process is killed while requests run (the vLLM graph of the session).
+
+Each scenario: requests run continuously from a few clients; a process is killed with SIGKILL; the
+service must answer /healthz 200 again within 60 s with a new replica in place; every request must
+finish within its timeout with either the right answer for *its* image (greedy decoding of the tiny
+checkpoint is deterministic, so each image has one known answer) or a retriable status (503/504).
+These run last in the session (see conftest): nothing else should meet a restarting stage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+
+import httpx
+import psutil
+import pytest
+
+from tests.conftest import make_image, to_bytes
+from tests.integration.conftest import BASE_URL, ROUTES
+
+pytestmark = pytest.mark.integration
+
+APP = "vllm"
+URL = f"{BASE_URL}{ROUTES[APP]}"
+MAX_TOKENS = 12
+RECOVERY_S = 60
+CLIENT_TIMEOUT_S = 120 + 30  # configs/cpu.yaml limits.request_timeout_s, plus slack: past it = a hang
+RETRIABLE = {503, 504}
+IMAGES = [to_bytes(make_image(160 + 40 * index, 120 + 24 * index, seed=100 + index), "PNG") for index in range(5)]
+
+
+def replica_pid(deployment: str) -> int:
+    """The pid of the deployment's one live replica (named actors come from the GCS: no dashboard needed)."""
+    import ray
+
+    prefix = f"SERVE_REPLICA::{APP}#{deployment}#"
+    names = [actor["name"] for actor in ray.util.list_named_actors(all_namespaces=True) if actor["name"].startswith(prefix)]
+    assert len(names) == 1, f"{deployment}: {names}"
+    replica = ray.get_actor(names[0], namespace="serve")
+    return ray.get(replica.__ray_call__.remote(lambda _: os.getpid()), timeout=30)
+
+
+def engine_core_pid(decoder_pid: int) -> int:
+    children = psutil.Process(decoder_pid).children(recursive=True)
+    cores = [child.pid for child in children if "EngineCore" in " ".join([child.name(), *child.cmdline()])]
+    assert len(cores) == 1, [(child.pid, child.name()) for child in children]
+    return cores[0]
+
+
+def ocr(image: bytes) -> httpx.Response:
+    return httpx.post(f"{URL}/ocr", params={"max_tokens": MAX_TOKENS}, content=image, timeout=CLIENT_TIMEOUT_S)
+
+
+@pytest.fixture(scope="module")
+def expected_texts(served) -> list[str]:
+    texts = []
+    for image in IMAGES:
+        response = ocr(image)
+        assert response.status_code == 200, response.text
+        texts.append(response.json()["text"])
+    assert len(set(texts)) > 1, "the images must give different answers to detect cross-talk"
+    return texts
+
+
+class Load:
+    """Clients sending the images round-robin from a thread of their own until stopped."""
+
+    def __init__(self, clients: int = 3):
+        self.records: list[tuple[float, int, str | int, str | None]] = []  # (finished at, image, status, text)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._run(clients)), daemon=True)
+
+    async def _run(self, clients: int) -> None:
+        async with httpx.AsyncClient(timeout=CLIENT_TIMEOUT_S) as client:
+
+            async def one_client(offset: int) -> None:
+                sent = 0
+                while not self.stop.is_set():
+                    index = (offset + sent) % len(IMAGES)
+                    sent += 1
+                    try:
+                        response = await client.post(
+                            f"{URL}/ocr", params={"max_tokens": MAX_TOKENS}, content=IMAGES[index]
+                        )
+                    except httpx.TimeoutException:
+                        self.records.append((time.monotonic(), index, "hang", None))
+                        continue
+                    except httpx.HTTPError as error:
+                        self.records.append((time.monotonic(), index, f"connection error {error!r}", None))
+                        await asyncio.sleep(0.5)
+                        continue
+                    status: int | str = response.status_code
+                    if not response.headers.get("content-type", "").startswith("application/json"):
+                        status = f"{status} without the JSON error body: {response.text[:200]!r}"
+                    text = response.json().get("text") if response.status_code == 200 else None
+                    self.records.append((time.monotonic(), index, status, text))
+                    if response.status_code != 200:
+                        await asyncio.sleep(0.5)  # a client that honours Retry-After, roughly
+
+            await asyncio.gather(*(one_client(offset) for offset in range(clients)))
+
+    def __enter__(self) -> Load:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(CLIENT_TIMEOUT_S + 10)
+        assert not self.thread.is_alive(), "a request never returned"
+
+
+def wait_until_recovered(killed_at: float, old_pid: int, deployment: str) -> float:
+    while time.monotonic() - killed_at < RECOVERY_S:
+        try:
+            healthy = httpx.get(f"{URL}/healthz", timeout=10).status_code == 200
+        except httpx.HTTPError:
+            healthy = False
+        if healthy:
+            try:
+                if replica_pid(deployment) != old_pid:
+                    return time.monotonic() - killed_at
+            except Exception:  # noqa: BLE001 - between the old replica's death and the new one's start
+                pass
+        time.sleep(1)
+    pytest.fail(f"not healthy with a new {deployment} replica within {RECOVERY_S} s of the kill")
+
+
+@pytest.mark.parametrize(
+    "deployment,target",
+    [("VisionEncoder", "replica"), ("Decoder", "replica"), ("Decoder", "vLLM engine core")],
+)
+def test_a_killed_stage_process_recovers_and_no_request_is_lost_or_crossed(expected_texts, deployment, target):
+    old_pid = replica_pid(deployment)
+    # vLLM's engine core and its worker: they must not outlive the replica (a leaked engine per crash).
+    old_children = [child.pid for child in psutil.Process(old_pid).children(recursive=True)]
+    victim = old_pid if target == "replica" else engine_core_pid(old_pid)
+    with Load() as load:
+        time.sleep(3)  # requests in flight in every stage
+        killed_at = time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+        recovery_s = wait_until_recovered(killed_at, old_pid, deployment)
+        time.sleep(3)
+        recovered_at = time.monotonic()
+        time.sleep(3)
+    print(f"{deployment} {target} killed: healthy again after {recovery_s:.1f} s; {len(load.records)} requests")
+
+    statuses = [status for _, _, status, _ in load.records]
+    assert statuses, "no request finished"
+    assert set(statuses) <= {200} | RETRIABLE, sorted(set(map(str, statuses)))
+    for _, index, status, text in load.records:
+        if status == 200:
+            assert text == expected_texts[index], f"image {index} got another answer (cross-talk or corruption)"
+    assert any(at > recovered_at and status == 200 for at, _, status, _ in load.records), "no success after recovery"
+    deadline = time.monotonic() + 30
+    while not all(gone(pid) for pid in old_children) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert all(gone(pid) for pid in old_children), f"processes of the old replica outlived it: {old_children}"
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True

@@ -1,0 +1,36 @@
+"""The one exception -> API status mapping, including Ray's wrappers around errors from other stages."""
+
+from __future__ import annotations
+
+from ray import exceptions as ray_exceptions
+from ray.serve import exceptions as serve_exceptions
+
+from serve_app.errors import InvalidImageError, as_service_error
+
+
+def test_an_upstream_replica_death_is_retriable():
+    # Serve's router wraps "the encoder died before finishing what the decoder waited on" like this.
+    wrapped = serve_exceptions.RayServeException("Request to deployment 'Decoder' failed because an upstream actor died")
+    wrapped.__cause__ = ray_exceptions.ActorDiedError()
+    error = as_service_error(wrapped)
+    assert error.status_code == 503 and "retry" in error.message
+    assert as_service_error(ray_exceptions.ActorDiedError()).status_code == 503
+    assert as_service_error(serve_exceptions.DeploymentUnavailableError("Decoder")).status_code == 503
+
+
+def test_overload_carries_its_retry_after():
+    error = as_service_error(serve_exceptions.BackPressureError(num_queued_requests=8, max_queued_requests=8, retry_after_s=2.5))
+    assert error.status_code == 503 and error.retry_after_s == 3
+
+
+def test_a_stage_error_keeps_its_own_status_through_rays_wrapper():
+    original = InvalidImageError("The image could not be decoded.")
+    wrapped = ray_exceptions.RayTaskError("prepare", "traceback", original).as_instanceof_cause()
+    error = as_service_error(wrapped)
+    assert error.status_code == 400 and error.message == "The image could not be decoded."
+
+
+def test_timeouts_and_unknown_errors():
+    assert as_service_error(TimeoutError()).status_code == 504
+    unknown = as_service_error(RuntimeError("secret document text"))
+    assert unknown.status_code == 500 and "secret" not in unknown.message
