@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 
 import numpy as np
@@ -11,7 +12,7 @@ from ray import serve
 from serve_app.config import OCRAppConfig
 from serve_app.errors import InvalidRequestError
 from serve_app.documents import pdf_page_count, render_page
-from serve_app.images import DecodedImage, decode_image, fit_to_budget
+from serve_app.images import DecodedImage, budget_size, decode_image, fit_decoded
 from serve_app.model_files import resolve_model_path
 from serve_app.stage_io import PreparedImage
 
@@ -28,6 +29,11 @@ class ImagePreparer:
         self.pixel_budget = {"shortest_edge": config.model.min_pixels, "longest_edge": config.model.max_pixels}
         image_processor = self.processor.image_processor
         self.resize_factor = image_processor.patch_size * image_processor.merge_size
+        # The model input size of an image of a given (oriented) size: JPEGs are decoded at reduced
+        # size (1/2, 1/4, 1/8) when that still covers it, instead of decoding every pixel to throw most away.
+        self.model_size_for = functools.partial(
+            budget_size, factor=self.resize_factor, min_pixels=config.model.min_pixels, max_pixels=config.model.max_pixels
+        )
         self.reserved_tokens = [token for token in self.processor.tokenizer.all_special_tokens if token]
 
     def build_prompt(self, instruction: str) -> str:
@@ -41,11 +47,14 @@ class ImagePreparer:
 
     def prepare(self, image_bytes: bytes, instruction: str) -> PreparedImage:
         started = time.perf_counter()
-        return self.prepare_decoded(decode_image(image_bytes, self.config.limits), instruction, started)
+        decoded = decode_image(image_bytes, self.config.limits, target_size=self.model_size_for)
+        return self.prepare_decoded(decoded, instruction, started)
 
     def prepare_decoded(self, decoded: DecodedImage, instruction: str, started: float) -> PreparedImage:
-        model_image = fit_to_budget(
-            decoded.image, self.resize_factor, self.config.model.min_pixels, self.config.model.max_pixels
+        # The target size comes from the full-resolution size: the same model input (and grid) whether
+        # or not the JPEG was decoded at reduced size.
+        model_image = fit_decoded(
+            decoded, self.resize_factor, self.config.model.min_pixels, self.config.model.max_pixels
         )
         features = self.processor.image_processor(
             images=[model_image], size=self.pixel_budget, return_tensors="np"
@@ -55,7 +64,7 @@ class ImagePreparer:
             image_grid_thw=np.asarray(features["image_grid_thw"][0], dtype=np.int64),
             prompt=self.build_prompt(instruction),
             original_size=decoded.original_size,
-            oriented_size=decoded.image.size,
+            oriented_size=decoded.oriented_size,  # full resolution: spotting boxes scale to it
             model_size=model_image.size,
             exif_orientation=decoded.exif_orientation,
             preprocess_ms=(time.perf_counter() - started) * 1000,
@@ -64,7 +73,10 @@ class ImagePreparer:
 
 class PixelPreparer:
     """The PP-OCR family's preparation: decoded, validated, oriented RGB pixels. Its detector sizes
-    the image itself, and it takes no instruction."""
+    the image itself, and it takes no instruction.
+
+    No reduced-size JPEG decoding here: the detector's line boxes are in pixels of these pixels and are
+    mapped back to the caller's image as they are (postprocess.structure), so the pixels must be full size."""
 
     def __init__(self, config: OCRAppConfig):
         self.config = config

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import io
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from serve_app.config import LimitsConfig
 from serve_app.errors import InvalidImageError, PayloadTooLargeError
-from serve_app.images import decode_image, fit_to_budget
+from serve_app.images import DRAFT_GAP, budget_size, decode_image, fit_decoded, fit_to_budget
 from tests.conftest import make_image, to_bytes, with_exif_orientation
 
 LIMITS = LimitsConfig()
@@ -139,3 +140,113 @@ def test_fit_to_budget_respects_the_pixel_budget(size):
 def test_fit_to_budget_keeps_an_image_already_at_target_size():
     image = Image.new("RGB", (320, 192), "white")
     assert fit_to_budget(image, 32, 128 * 128, 512 * 512) is image
+
+
+# ------------------------------------------------------------------ reduced-size (draft) JPEG decoding
+
+BUDGETS = [(128 * 128, 512 * 512), (64 * 64, 256 * 256), (512 * 512, 2048 * 2048)]
+
+
+def _target(budget):
+    min_pixels, max_pixels = budget
+    return functools.partial(budget_size, factor=32, min_pixels=min_pixels, max_pixels=max_pixels)
+
+
+def _photo_jpeg(size, orientation=1, mode="RGB") -> bytes:
+    image = make_image(*size).convert(mode)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return to_bytes(image, "JPEG", exif=exif, quality=92)
+
+
+@pytest.mark.parametrize("size", [(2400, 1800), (1001, 757), (3001, 401), (640, 480)])
+@pytest.mark.parametrize("orientation", [1, 6, 8])
+@pytest.mark.parametrize("budget", BUDGETS)
+def test_draft_gives_the_same_model_input_size_and_sizes(size, orientation, budget):
+    data = _photo_jpeg(size, orientation)
+    full = decode_image(data, LIMITS)
+    drafted = decode_image(data, LIMITS, target_size=_target(budget))
+
+    # What maps boxes back is the file's and the full oriented image's size, drafted or not.
+    assert drafted.original_size == full.original_size == size
+    assert drafted.oriented_size == full.oriented_size == full.image.size
+    assert drafted.exif_orientation == full.exif_orientation == orientation
+    target = budget_size(full.image.size, 32, *budget)
+    # Never decoded below DRAFT_GAP x the target (or not reduced at all), nor below 1/4.
+    if drafted.image.size != full.image.size:
+        assert drafted.image.width >= DRAFT_GAP * target[0] and drafted.image.height >= DRAFT_GAP * target[1]
+        assert drafted.image.width * 4 >= full.image.width
+    model_full = fit_decoded(full, 32, *budget)
+    model_drafted = fit_decoded(drafted, 32, *budget)
+    assert model_full.size == model_drafted.size == target
+    diff = np.abs(np.asarray(model_full, dtype=np.float64) - np.asarray(model_drafted, dtype=np.float64))
+    assert diff.mean() < 1.0, diff.mean()
+
+
+def test_draft_reduces_a_large_jpeg():
+    data = _photo_jpeg((2400, 1800), orientation=6)
+    drafted = decode_image(data, LIMITS, target_size=_target((64 * 64, 256 * 256)))
+    # target 192x288 (oriented) -> kept >= 1.5x = 288x432: 1800x2400 decodes at 1/4.
+    assert drafted.image.size == (450, 600)
+    assert drafted.oriented_size == (1800, 2400) and drafted.original_size == (2400, 1800)
+
+
+def test_draft_stops_at_a_quarter():
+    # 1/8 would still cover 1.5x the 64x32 target, but keeps only each 8x8 block's mean.
+    data = to_bytes(Image.new("RGB", (2048, 1024), "white"), "JPEG")
+    drafted = decode_image(data, LIMITS, target_size=lambda size: (64, 32))
+    assert drafted.image.size == (512, 256)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP", "BMP", "TIFF"])
+def test_draft_leaves_other_formats_alone(fmt):
+    image = make_image(1200, 900)
+    decoded = decode_image(to_bytes(image, fmt), LIMITS, target_size=_target((64 * 64, 256 * 256)))
+    assert decoded.image.size == decoded.oriented_size == (1200, 900)
+    assert decoded.region is None
+
+
+def test_draft_never_reduces_below_an_upscaling_target():
+    data = _photo_jpeg((300, 200))
+    decoded = decode_image(data, LIMITS, target_size=_target((512 * 512, 2048 * 2048)))
+    assert decoded.image.size == (300, 200) and decoded.region is None
+
+
+def test_draft_keeps_the_guards():
+    data = _photo_jpeg((2400, 1800))
+    with pytest.raises(PayloadTooLargeError):
+        decode_image(data, LimitsConfig(max_image_pixels=2400 * 1800 - 1), target_size=_target(BUDGETS[0]))
+    with pytest.raises(InvalidImageError, match="truncated or corrupt"):
+        decode_image(data[: len(data) // 2], LIMITS, target_size=_target(BUDGETS[0]))
+
+
+def _centroids(image: Image.Image) -> tuple[float, float, float]:
+    """x of the ink's centroid in the left and right halves, y over all (ink = 255 - gray)."""
+    ink = 255 - np.asarray(image.convert("L"), dtype=np.float64)
+    ys, xs = np.indices(ink.shape)
+    half = ink.shape[1] // 2
+    left, right = ink[:, :half], ink[:, half:]
+    return (
+        (xs[:, :half] * left).sum() / left.sum(),
+        (xs[:, half:] * right).sum() / right.sum(),
+        (ys * ink).sum() / ink.sum(),
+    )
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_draft_of_an_odd_size_stays_registered(orientation):
+    # 1605x1201 at 1/4 decodes 402x301 pixels that show 401.25x300.25 of them: the surplus (at the
+    # stored right and bottom, moved by the orientation) must not stretch or shift the model input.
+    image = Image.new("L", (1605, 1201), 255)
+    draw = ImageDraw.Draw(image)
+    for left, top in ((120, 150), (1300, 880)):  # on a diagonal: in different halves however turned
+        draw.ellipse((left, top, left + 160, top + 160), fill=0)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = to_bytes(image, "JPEG", exif=exif, quality=95)
+    budget = (64 * 64, 128 * 128)
+    full = decode_image(data, LIMITS)
+    drafted = decode_image(data, LIMITS, target_size=_target(budget))
+    assert drafted.image.width * 4 - drafted.oriented_size[0] in (1, 3) and drafted.region is not None
+    shift = np.subtract(_centroids(fit_decoded(drafted, 32, *budget)), _centroids(fit_decoded(full, 32, *budget)))
+    assert np.abs(shift).max() < 0.05, shift
