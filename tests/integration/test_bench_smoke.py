@@ -1,0 +1,89 @@
+"""Smoke test of the bench scripts (bench/load.py, bench/batching.py): a tiny run against the vLLM
+graph, asserting the report's shape and that its numbers are positive. Not a timed test."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import make_image, to_bytes
+from tests.integration.conftest import BASE_URL, ROOT, ROUTES
+
+pytestmark = pytest.mark.integration
+
+LEVEL_KEYS = {
+    "concurrency", "requests", "ok", "errors", "error_count", "seconds", "requests_per_s", "pages_per_s",
+    "output_tokens_per_s", "output_tokens", "p50_ms", "p95_ms", "p99_ms", "mean_ms", "streams",
+    "ttft_p50_ms", "ttft_p95_ms", "ttft_p99_ms", "ttft_mean_ms", "stage_means", "by_kind", "client_cpu_s",
+}
+POSITIVE = ("seconds", "requests_per_s", "pages_per_s", "output_tokens_per_s", "output_tokens",
+            "p50_ms", "p95_ms", "p99_ms", "ttft_p50_ms", "ttft_p95_ms")
+MIX = "text=1,spotting=1,fields=1,stream=1"
+
+
+def _module(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("bench-images")
+    for seed in range(3):
+        (folder / f"{seed}.png").write_bytes(to_bytes(make_image(320, 240, seed=seed)))
+    (folder / "3.jpg").write_bytes(to_bytes(make_image(256, 320, seed=3), "JPEG"))
+    return folder
+
+
+def _check_levels(report: dict, concurrency: list[int], requests: int, kinds: set[str]) -> None:
+    assert [level["concurrency"] for level in report["levels"]] == concurrency
+    for level in report["levels"]:
+        assert LEVEL_KEYS <= set(level), LEVEL_KEYS - set(level)
+        assert level["errors"] == {} and level["error_count"] == 0, level["errors"]
+        assert level["requests"] == level["ok"] == requests
+        for key in POSITIVE:
+            assert level[key] > 0, (key, level[key])
+        assert level["p50_ms"] <= level["p95_ms"] <= level["p99_ms"]
+        assert level["streams"] >= 1 and level["ttft_p50_ms"] <= level["p99_ms"]
+        assert set(level["by_kind"]) == kinds
+        assert level["stage_means"]["decode_ms"] > 0 and level["stage_means"]["encoder_batch_size"] >= 1
+
+
+def _check_files(report: dict, out: Path) -> dict:
+    saved = json.loads(out.read_text())
+    assert saved["levels"] == report["levels"]
+    png = Path(saved["plot"])
+    assert png == out.with_suffix(".png") and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return saved
+
+
+def test_load_sweep_smoke(served, images, tmp_path):
+    out = tmp_path / "load.json"
+    report = _module("load").main([
+        "--url", f"{BASE_URL}{ROUTES['vllm']}", "--images", str(images), "--mix", MIX,
+        "--concurrency", "1", "2", "--requests", "4", "--max-tokens", "8", "--warmup", "0", "--out", str(out),
+    ])
+    _check_levels(report, [1, 2], 4, {"text", "spotting", "fields", "stream"})
+    saved = _check_files(report, out)
+    assert saved["max_tokens"] == 8 and saved["model"] and saved["mix"] == {"text": 1, "spotting": 1, "fields": 1, "stream": 1}
+
+
+def test_batching_smoke(served, images, tmp_path):
+    out = tmp_path / "batching.json"
+    report = _module("batching").main([
+        "--url", f"{BASE_URL}{ROUTES['vllm']}", "--images", str(images), "--mix", "text=3,stream=1",
+        "--concurrency", "1", "2", "--requests", "4", "--max-tokens", "8", "--warmup", "0", "--out", str(out),
+    ])
+    _check_levels(report, [1, 2], 4, {"text", "stream"})
+    saved = _check_files(report, out)
+    ratio = saved["ratio"]
+    assert (ratio["low_concurrency"], ratio["high_concurrency"]) == (1, 2)
+    assert all(ratio[key] > 0 for key in ("requests_per_s", "pages_per_s", "output_tokens_per_s"))
+    assert saved["target"] == 8 and isinstance(saved["meets_target"], bool)
