@@ -313,6 +313,46 @@ def _build_config(ids: dict[str, int], vocab_size: int):
     return config
 
 
+def build_full_size_config(ids: dict[str, int], vocab_size: int = 120818):
+    """A HunYuanVLConfig with the real HunyuanOCR 1.0 dimensions (for full-size random checkpoints and
+    memory plans, bench/gpu_plan.py), special-token ids from `ids` (as `_token_ids` returns them).
+
+    Text: hidden 1024, 24 layers, 16 heads, 8 KV heads, head_dim 128, intermediate 3584, vocab 120818, tied
+    embeddings, xdrope section [16, 16, 16, 16]. Vision: hidden 1152, intermediate 4304, 27 layers, 16 heads,
+    patch 16, spatial merge 2, positional grid for 2048-pixel sides (min 512). bfloat16, like the release.
+    """
+    config = _build_config(ids, vocab_size)
+    text = config.text_config
+    for key, value in {
+        "hidden_size": 1024,
+        "intermediate_size": 3584,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "tie_word_embeddings": True,
+    }.items():
+        setattr(text, key, value)
+    rope = dict(text.rope_parameters)
+    rope["mrope_section" if "mrope_section" in rope else "xdrope_section"] = [16, 16, 16, 16]
+    text.rope_parameters = rope
+    vision = config.vision_config
+    for key, value in {
+        "hidden_size": 1152,
+        "intermediate_size": 4304,
+        "num_hidden_layers": 27,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 16,
+        "max_image_size": 2048,
+        "min_image_size": 512,
+        "text_hidden_size": 1024,
+    }.items():
+        setattr(vision, key, value)
+    config.tie_word_embeddings = True
+    config.dtype = "bfloat16"
+    return config
+
+
 def build_tiny_checkpoint(output_dir: str | Path, seed: int = 0) -> Path:
     """Build the tiny random HunyuanOCR-architecture checkpoint into `output_dir` and return its path.
 

@@ -1,0 +1,122 @@
+"""Smoke tests of the benchmark scripts: each runs at minimal size in a subprocess (vLLM's processes and
+state stay out of the test process) and writes JSON of the expected shape with positive numbers, and a
+plot. No timing assertions: numbers on shared 2-core machines vary several-fold from run to run.
+
+engines.py and split_vs_fused.py start vLLM once each (~25-40 s) on the tiny checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CPU_CONFIG = ROOT / "configs" / "cpu.yaml"
+
+
+def run_script(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+    assert completed.returncode == 0, f"{script} failed:\n{completed.stdout[-3000:]}\n{completed.stderr[-5000:]}"
+    return completed
+
+
+def positive(value) -> bool:
+    return isinstance(value, (int, float)) and value > 0
+
+
+def test_gpu_plan_plan_only(tmp_path):
+    out = tmp_path / "plan.json"
+    completed = run_script("gpu_plan.py", "--plan-only", "--out", str(out), timeout=300)
+    assert "KV cache per token" in completed.stdout
+    report = json.loads(out.read_text())
+    assert report["run"] is None
+    plan = report["plan"]
+    params = plan["parameters"]
+    assert 0.9e9 < params["total"] < 1.1e9  # HunyuanOCR is ~1 B parameters
+    assert params["total"] == params["language_model"] + params["vision_tower"]
+    assert plan["kv_cache"]["bytes_per_token"] == 2 * 24 * 8 * 128 * 2  # 96 KiB in bf16
+    for value in (
+        plan["weights_gib"]["decoder_language_model"],
+        plan["weights_gib"]["encoder_vision_tower"],
+        plan["kv_cache"]["tokens"],
+        plan["kv_cache"]["kv_gib"],
+        plan["vision_activations"]["per_page_gib"],
+        plan["vision_activations"]["per_batch_gib"],
+        plan["total_gib"],
+    ):
+        assert positive(value)
+    assert plan["vision_activations"]["image_tokens_per_page"] == 4162  # 2048x2048 at the serve budget
+    in_flight = plan["receipts"]["in_flight_by_output_tokens"]
+    assert "300" in in_flight and all(positive(row["concurrency"]) for row in in_flight.values())
+    assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_memory_plan_arithmetic():
+    """The plan's KV arithmetic, in process (no checkpoint, no subprocess)."""
+    sys.path.insert(0, str(ROOT))
+    from bench.gpu_plan import full_size_config, memory_plan
+    from bench.split_vs_fused import load_app_config
+
+    app = load_app_config(ROOT / "serve_config.yaml")
+    plan = memory_plan(full_size_config(), app, 24.0, [(463, 1013)], activation_reserve_gib=1.5)
+    kv = plan["kv_cache"]
+    expected_kv = kv["vllm_budget_gib"] - plan["weights_gib"]["decoder_language_model"] - 1.5
+    assert kv["kv_gib"] == pytest.approx(expected_kv)
+    assert kv["tokens"] == pytest.approx(expected_kv * 2**30 / kv["bytes_per_token"], rel=1e-3)
+    row = plan["receipts"]["in_flight_by_output_tokens"]["300"]
+    assert row["sequence_tokens"] == plan["receipts"]["typical_image_tokens"] + 12 + 300
+    assert row["concurrency"] == min(kv["max_num_seqs"], row["kv_limited"])
+
+
+@pytest.mark.integration
+def test_engines_script(tmp_path, tiny_checkpoint):
+    out = tmp_path / "engines.json"
+    run_script(
+        "engines.py", "--source", str(tiny_checkpoint), "--serve-config", str(CPU_CONFIG),
+        "--images", str(tmp_path / "no-images"), "--concurrency", "1", "2", "--requests", "2",
+        "--max-tokens", "8", "--batch-cap", "4", "--out", str(out),
+    )
+    report = json.loads(out.read_text())
+    assert [row["engine"] for row in report["engines"]] == ["transformers", "vllm"]
+    for row in report["engines"]:
+        assert set(row["by_concurrency"]) == {"1", "2"}
+        for rates in row["by_concurrency"].values():
+            assert positive(rates["output_tokens_per_s"]) and rates["requests"] >= 2
+        assert positive(row["peak_mem_gib"])
+        assert positive(row["largest_batch"]["largest_batch"])
+    transformers, vllm = report["engines"]
+    assert transformers["largest_batch"]["largest_batch"] == 4  # the cap: the tiny model never runs out
+    assert positive(vllm["largest_batch"]["kv_cache_tokens"])
+    assert positive(vllm["largest_batch"]["observed_peak_running"])
+    assert transformers["prompt_tokens"] == vllm["prompt_tokens"] > 0  # the same requests
+    assert out.with_suffix(".png").stat().st_size > 0
+
+
+@pytest.mark.integration
+def test_split_vs_fused_script(tmp_path, tiny_checkpoint):
+    out = tmp_path / "split_vs_fused.json"
+    run_script(
+        "split_vs_fused.py", "--source", str(tiny_checkpoint), "--serve-config", str(CPU_CONFIG),
+        "--images", str(tmp_path / "no-images"), "--fused-engine", "shared", "--concurrency", "1", "2",
+        "--requests", "2", "--rounds", "1", "--max-tokens", "8", "--out", str(out),
+    )
+    report = json.loads(out.read_text())
+    assert report["fused_engine"] == "shared"
+    assert report["same_prompt_tokens"] is True  # both paths saw the same image size
+    assert set(report["by_concurrency"]) == {"1", "2"}
+    for summary in report["by_concurrency"].values():
+        for name in ("split", "fused"):
+            assert positive(summary[name]["p50_ms"]) and positive(summary[name]["pages_per_s"])
+            assert positive(summary[name]["output_tokens_per_s"])
+        assert positive(summary["ratio_p50_latency_fused_over_split"])
+        assert positive(summary["ratio_throughput_fused_over_split"])
+    assert out.with_suffix(".png").stat().st_size > 0
