@@ -113,6 +113,8 @@ async def _fetch(client: httpx.AsyncClient, target: httpx.URL, config: ImageURLC
 async def load_image(url: str, config: ImageURLConfig, max_bytes: int) -> bytes:
     """The bytes behind an image_url: decoded from a data: URL, or fetched from an allowed host."""
     if url.startswith("data:") or not config.allowed_domains:
+        if len(url) > 256 * 1024:  # base64 of a large image: decoded off the event loop
+            return await asyncio.to_thread(decode_data_url, url, max_bytes)
         return decode_data_url(url, max_bytes)
     return await fetch_image_url(url, config, max_bytes)
 

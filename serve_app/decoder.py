@@ -15,6 +15,7 @@ from serve_app.config import OCRAppConfig, RepetitionGuardConfig
 from serve_app.engines import DecoderEngine, load_engine_class
 from serve_app.engines.base import collect
 from serve_app.errors import EngineStoppedError
+from serve_app.metrics import DecoderMetrics
 from serve_app.model_files import resolve_model_path
 from serve_app.repetition import clean_repeated_tail, repeated_tail
 from serve_app.stage_io import DecodeChunk, DecodeRequest, DecodeResult, DetectedText, ImageEmbeddings, SamplingOptions
@@ -68,6 +69,7 @@ class Decoder:
         engine_class = engine_class or load_engine_class(engine_name)
         self.guard = config.repetition_guard
         self.exiting = False
+        self.metrics = DecoderMetrics()
         self.engine = engine_class(config.model, config.decoder, resolve_model_path(config.model))
         await self.engine.start()
 
@@ -83,7 +85,7 @@ class Decoder:
         self, prompt: str, image: ImageEmbeddings | DetectedText, sampling: SamplingOptions, request_id: str
     ) -> DecodeResult:
         started = time.perf_counter()
-        stream = guarded(self.engine.stream(DecodeRequest(prompt, image, sampling, request_id)), self.guard)
+        stream = self._measured(self.engine.stream(DecodeRequest(prompt, image, sampling, request_id)))
         try:
             result = clean_result(await collect(stream), self.guard)
         except EngineStoppedError as error:
@@ -98,11 +100,33 @@ class Decoder:
     ) -> AsyncIterator[DecodeChunk]:
         """Streaming variant (call through a handle with `stream=True`)."""
         try:
-            async for chunk in guarded(self.engine.stream(DecodeRequest(prompt, image, sampling, request_id)), self.guard):
+            async for chunk in self._measured(self.engine.stream(DecodeRequest(prompt, image, sampling, request_id))):
                 yield chunk
         except EngineStoppedError as error:
             self.replace_replica(type(error.__cause__).__name__)
             raise
+
+    async def _measured(self, chunks: AsyncIterator[DecodeChunk]) -> AsyncIterator[DecodeChunk]:
+        """The engine's stream through the repetition guard, observed for the decoder's metrics."""
+        started = time.perf_counter()
+        prompt_tokens = output_tokens = 0
+        finish_reason = None
+        try:
+            async with contextlib.aclosing(guarded(chunks, self.guard)) as stream:
+                async for chunk in stream:
+                    if chunk.token_ids and output_tokens == 0:
+                        self.metrics.time_to_first_token_ms.observe((time.perf_counter() - started) * 1000)
+                    output_tokens += len(chunk.token_ids)
+                    prompt_tokens = prompt_tokens or chunk.prompt_tokens
+                    finish_reason = chunk.finish_reason or finish_reason
+                    yield chunk
+        finally:
+            self.metrics.latency_ms.observe((time.perf_counter() - started) * 1000)
+            if output_tokens:  # Ray counters take positive increments only
+                self.metrics.output_tokens.inc(output_tokens)
+            if prompt_tokens:
+                self.metrics.prompt_tokens.inc(prompt_tokens)
+            self.metrics.finished.inc(tags={"finish_reason": finish_reason or "aborted"})
 
     async def check_health(self) -> None:
         try:

@@ -34,6 +34,7 @@ from serve_app.errors import (
     ServiceUnavailableError,
     as_service_error,
 )
+from serve_app.metrics import IngressMetrics
 from serve_app.openai_schemas import (
     AssistantMessage,
     ChatCompletion,
@@ -57,6 +58,10 @@ logger = logging.getLogger("ray.serve")
 ERROR_RESPONSES = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 415, 422, 500, 503, 504)}
 # A stage that does not answer a health ping within this is reported unavailable (it may be restarting).
 HEALTH_PING_TIMEOUT_S = 5.0
+OFF_LOOP_BYTES = 256 * 1024
+
+# Route label of the request metrics: the API's routes, everything under the UI as one, else "other".
+API_ROUTES = ("/ocr", "/v1/chat/completions", "/v1/models", "/healthz", "/docs", "/openapi.json")
 
 app = FastAPI(
     title="HunyuanOCR service",
@@ -65,8 +70,10 @@ app = FastAPI(
 )
 
 
-def error_response(error: BaseException) -> JSONResponse:
+def error_response(error: BaseException, request: Request | None = None) -> JSONResponse:
     service_error = as_service_error(error)
+    if request is not None:
+        count_error(request, service_error)
     if service_error.status_code >= 500 and not isinstance(service_error, (ServiceUnavailableError, RequestTimeoutError)):
         logger.error("request failed: %s", type(error).__name__)  # not the message: it may quote the document
     headers = None
@@ -75,9 +82,53 @@ def error_response(error: BaseException) -> JSONResponse:
     return JSONResponse(service_error.to_dict(), status_code=service_error.status_code, headers=headers)
 
 
+def count_error(request: Request, error: OCRServiceError) -> None:
+    # The replica's metrics hang on the app's state: module globals would not survive Serve pickling
+    # these handlers along with the app.
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is not None:
+        metrics.errors.inc(tags={"error_type": error.error_type})
+
+
+class RequestMetricsMiddleware:
+    """Latency and count of every HTTP request by route and status (streams: until their last byte)."""
+
+    def __init__(self, app, metrics: IngressMetrics, ui_path: str | None):
+        self.app, self.metrics, self.ui_path = app, metrics, ui_path
+
+    def route(self, scope) -> str:
+        path, root_path = scope.get("path", ""), scope.get("root_path", "")
+        if root_path and path.startswith(root_path):
+            path = path[len(root_path):]
+        if path in API_ROUTES:
+            return path
+        if self.ui_path and (path == self.ui_path or path.startswith(self.ui_path + "/")):
+            return "ui"
+        return "other"
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            tags = {"route": self.route(scope), "status": str(status)}
+            self.metrics.request_latency_ms.observe((time.perf_counter() - started) * 1000, tags=tags)
+            self.metrics.requests.inc(tags=tags)
+
+
 @app.exception_handler(OCRServiceError)
-async def _service_error(_: Request, error: OCRServiceError) -> JSONResponse:
-    return error_response(error)
+async def _service_error(request: Request, error: OCRServiceError) -> JSONResponse:
+    return error_response(error, request)
 
 
 def validation_error(errors: list[dict], skip: int = 1) -> InvalidRequestError:
@@ -93,8 +144,8 @@ def validation_error(errors: list[dict], skip: int = 1) -> InvalidRequestError:
 
 
 @app.exception_handler(RequestValidationError)
-async def _validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
-    return error_response(validation_error(error.errors()))
+async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+    return error_response(validation_error(error.errors()), request)
 
 
 def _is_union_tag(part) -> bool:
@@ -111,8 +162,8 @@ async def _http_error(_: Request, error: StarletteHTTPException) -> JSONResponse
 
 
 @app.exception_handler(Exception)
-async def _unexpected_error(_: Request, error: Exception) -> JSONResponse:
-    return error_response(error)
+async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
+    return error_response(error, request)
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
@@ -198,6 +249,7 @@ class OCRIngress:
         # Read here, in the replica: the key never travels through Ray's config or logs. A configured
         # key file that cannot be read fails the replica (no silent fall back to an open service).
         self.api_key = load_api_key(config.security)
+        self.metrics = IngressMetrics()
 
     def __serve_build_asgi_app__(self):
         """Serve calls this in the replica once the class-based routes are bound: the web UI is
@@ -214,9 +266,12 @@ class OCRIngress:
                 max_file_size=self.config.limits.max_body_bytes,  # Gradio's own upload route, bounded too
                 run_history=False,  # no copies of people's documents kept in the browser
             )
+        self._asgi_app.state.metrics = self.metrics
+        ui_path = self.config.ui.path if self.config.ui.enabled else None
         if self.api_key:
-            ui_path = self.config.ui.path if self.config.ui.enabled else None
             self._asgi_app.add_middleware(APIKeyMiddleware, api_key=self.api_key, ui_path=ui_path)
+        # Added last, so outermost: refused (401) requests are counted too.
+        self._asgi_app.add_middleware(RequestMetricsMiddleware, metrics=self.metrics, ui_path=ui_path)
         return self._asgi_app
 
     # ------------------------------------------------------------------ the pipeline, shared by both APIs
@@ -360,6 +415,7 @@ class OCRIngress:
             check_page_count(len(images), limits.max_pages)
             numbers = list(range(1, len(images) + 1))
             prepared = [self.preprocessor.prepare.remote(image, task_request.instruction) for image in images]
+        self.metrics.pages.inc(len(numbers))
         outcomes = await first_error_cancels_rest(
             [
                 self._page(number, response, task_request, sampling, f"{request_id}-{number}")
@@ -488,7 +544,12 @@ class OCRIngress:
         # Read with a limit (base64 images make the JSON ~4/3 of the image bytes), then validate.
         limit = -(-self.config.limits.max_body_bytes // 3) * 4 + 64 * 1024
         try:
-            body = ChatCompletionRequest.model_validate_json(await read_body(request, limit))
+            raw = await read_body(request, limit)
+            # Parsing megabytes of JSON (a base64 image) is CPU work: off the event loop when large.
+            if len(raw) > OFF_LOOP_BYTES:
+                body = await asyncio.to_thread(ChatCompletionRequest.model_validate_json, raw)
+            else:
+                body = ChatCompletionRequest.model_validate_json(raw)
         except ValidationError as error:
             raise validation_error(error.errors(), skip=0) from None
         served = self.config.model.served_model_name
@@ -498,6 +559,7 @@ class OCRIngress:
         image_bytes = await self.within_deadline(
             load_image(image_url, self.config.image_url, self.config.limits.max_body_bytes)
         )
+        self.metrics.pages.inc()
         family = self.config.model.family
         if family != "hunyuan_vl":
             text = None  # models without instructions: the task (default text) decides, the chat text is ignored
@@ -558,7 +620,9 @@ class OCRIngress:
                         ChatCompletionChunk(id=request_id, model=model, choices=[ChunkChoice(delta=delta, finish_reason=finish)])
                     )
         except Exception as error:  # the status line is sent already: report in the stream, OpenAI style
-            yield _sse(as_service_error(error).to_dict())
+            service_error = as_service_error(error)
+            self.metrics.errors.inc(tags={"error_type": service_error.error_type})
+            yield _sse(service_error.to_dict())
             yield _sse("[DONE]")
             return
         if include_usage:

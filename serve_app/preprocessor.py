@@ -12,6 +12,7 @@ from ray import serve
 from serve_app.config import OCRAppConfig
 from serve_app.errors import InvalidRequestError
 from serve_app.documents import pdf_page_count, render_page
+from serve_app.metrics import PreprocessorMetrics
 from serve_app.images import DecodedImage, budget_size, decode_image, fit_decoded
 from serve_app.model_files import resolve_model_path
 from serve_app.stage_io import PreparedImage
@@ -106,16 +107,22 @@ class Preprocessor:
             self.preparer = PixelPreparer(config)
         else:
             self.preparer = ImagePreparer(config, resolve_model_path(config.model))
+        self.metrics = PreprocessorMetrics()
+
+    def _observed(self, prepared: PreparedImage) -> PreparedImage:
+        self.metrics.latency_ms.observe(prepared.preprocess_ms)
+        self.metrics.image_pixels.observe(prepared.original_size[0] * prepared.original_size[1] / 1e6)
+        return prepared
 
     async def prepare(self, image_bytes: bytes, instruction: str) -> PreparedImage:
         # Decoding and resizing are CPU work: keep them off the replica's event loop.
-        return await asyncio.to_thread(self.preparer.prepare, image_bytes, instruction)
+        return self._observed(await asyncio.to_thread(self.preparer.prepare, image_bytes, instruction))
 
     async def pdf_page_count(self, pdf_bytes: bytes) -> int:
         return await asyncio.to_thread(pdf_page_count, pdf_bytes)
 
     async def prepare_pdf_page(self, pdf_bytes: bytes, page_number: int, instruction: str) -> PreparedImage:
-        return await asyncio.to_thread(self._prepare_pdf_page, pdf_bytes, page_number, instruction)
+        return self._observed(await asyncio.to_thread(self._prepare_pdf_page, pdf_bytes, page_number, instruction))
 
     def _prepare_pdf_page(self, pdf_bytes: bytes, page_number: int, instruction: str) -> PreparedImage:
         started = time.perf_counter()

@@ -11,6 +11,7 @@ from ray import serve
 
 from serve_app.config import OCRAppConfig
 from serve_app.hunyuan_vl import encode_images, load_vision_tower, resolve_device
+from serve_app.metrics import EncoderMetrics
 from serve_app.model_files import resolve_model_path
 from serve_app.stage_io import DetectedText, ImageEmbeddings, PreparedImage
 
@@ -73,6 +74,7 @@ class VisionEncoder:
         self.health_period_s = config.encoder.health_check_period_s
         self.last_success = time.monotonic()
         self.failure: str | None = None  # the device error of the last failed batch, until a batch succeeds
+        self.metrics = EncoderMetrics()
 
     async def encode(self, prepared: PreparedImage) -> ImageEmbeddings | DetectedText:
         return await self.encode_batch(prepared)
@@ -86,6 +88,12 @@ class VisionEncoder:
             self.failure = f"{type(error).__name__}: {error}"[:300]
             raise
         self.last_success, self.failure = time.monotonic(), None
+        self.metrics.batch_size.observe(len(batch))
+        self.metrics.batch_latency_ms.observe(results[0].encode_ms if results else 0.0)
+        for result in results:
+            if isinstance(result, ImageEmbeddings):
+                self.metrics.image_tokens.inc(len(result.embeddings))
+                self.metrics.image_tokens_per_image.observe(len(result.embeddings))
         return results
 
     async def check_health(self) -> None:

@@ -80,6 +80,17 @@ def build_engine_args(model: ModelConfig, decoder: DecoderConfig, model_path: st
     return args
 
 
+def _ray_stat_loggers() -> list | None:
+    """In a Ray process, vLLM's engine metrics (vllm:* -> ray_vllm_*) go out through Ray's metrics."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
+
+    return [RayPrometheusStatLogger]
+
+
 class VLLMEngine(DecoderEngine):
     def __init__(self, model: ModelConfig, decoder: DecoderConfig, model_path: str):
         super().__init__(model, decoder, model_path)
@@ -102,7 +113,7 @@ class VLLMEngine(DecoderEngine):
         if isinstance(engine_args.get("structured_outputs_config"), dict):
             engine_args["structured_outputs_config"] = StructuredOutputsConfig(**engine_args["structured_outputs_config"])
         try:
-            self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args))
+            self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args), stat_loggers=_ray_stat_loggers())
         except Exception as error:
             # vLLM's own message is "Engine core initialization failed. See root cause above":
             # say which model and arguments, the cause is chained.

@@ -25,6 +25,8 @@ def _free_port() -> int:
 # A free port per test session, so two sessions on one machine do not share a proxy.
 HTTP_PORT = _free_port()
 BASE_URL = f"http://127.0.0.1:{HTTP_PORT}"
+# Ray's Prometheus endpoint for this session (the stages' metrics are exported there).
+METRICS_PORT = _free_port()
 ROUTES = {"vllm": "/vllm", "transformers": "/transformers"}
 LITE_ROUTE = "/lite"
 # The lite graph again with the security options on: an API key and an image_url allow-list.
@@ -113,7 +115,7 @@ def served(tiny_checkpoint, tmp_path_factory):
     from ray import serve
 
     # Logical CPUs: three graphs of fractional stages share this 2-core machine.
-    ray.init(num_cpus=8, include_dashboard=False, configure_logging=False)
+    ray.init(num_cpus=8, include_dashboard=False, configure_logging=False, _metrics_export_port=METRICS_PORT)
     serve.start(http_options={"host": "127.0.0.1", "port": HTTP_PORT})
     for engine, route in ROUTES.items():
         serve.run(build_graph(graph_config(str(tiny_checkpoint), engine)), name=engine, route_prefix=route)

@@ -1,0 +1,213 @@
+"""Overload: drive a running service at a multiple of its measured capacity and check that it sheds
+load fast instead of queueing without bound.
+
+1. References: each image once, alone: its answer (greedy decoding: the same answer every time).
+2. Capacity: closed loop at `--capacity-concurrency` for `--capacity-seconds`: requests/s it sustains.
+3. Overload: open loop, requests arriving at `--multiplier` x capacity for `--duration` s, each one
+   on its own (a caller that does not wait for the previous answer), while each stage's RSS is sampled.
+
+Reports: accepted requests (200) and whether each answer equals its image's reference; rejections
+(503 + Retry-After) and how fast they came; timeouts (504), anything else; memory per stage over time.
+JSON + PNG under bench/results/.
+
+    serve run configs/cpu.yaml &
+    python bench/overload.py --url http://127.0.0.1:8000 --app ocr
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from load import DEFAULT_IMAGES, load_documents, percentile  # noqa: E402
+from stage_memory import rss_mib_by_stage  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+async def post(client: httpx.AsyncClient, url: str, image: bytes, max_tokens: int) -> tuple[int, float, dict, dict]:
+    started = time.perf_counter()
+    try:
+        response = await client.post(f"{url}/ocr", params={"max_tokens": max_tokens}, content=image)
+    except httpx.TimeoutException:
+        return -1, time.perf_counter() - started, {}, {}
+    except httpx.HTTPError as error:
+        return -2, time.perf_counter() - started, {"error": repr(error)}, {}
+    elapsed = time.perf_counter() - started
+    try:
+        body = response.json()
+    except ValueError:
+        body = {"non_json": response.text[:200]}
+    return response.status_code, elapsed, body, dict(response.headers)
+
+
+async def capacity(client, url, images, max_tokens, concurrency, seconds) -> float:
+    done = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker(offset: int):
+        nonlocal done
+        sent = offset
+        while time.perf_counter() < deadline:
+            status, _, _, _ = await post(client, url, images[sent % len(images)], max_tokens)
+            sent += concurrency
+            done += status == 200
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(offset) for offset in range(concurrency)))
+    return done / (time.perf_counter() - started)
+
+
+async def sample_memory(app: str | None, interval_s: float, samples: list, stop: asyncio.Event) -> None:
+    started = time.perf_counter()
+    while not stop.is_set():
+        samples.append({"t": round(time.perf_counter() - started, 1), "rss_mib": rss_mib_by_stage(app)})
+        try:
+            await asyncio.wait_for(stop.wait(), interval_s)
+        except asyncio.TimeoutError:
+            pass
+
+
+async def run(args) -> dict:
+    documents = [doc for doc in load_documents(Path(args.images), args.limit) if doc.is_image]
+    images = [doc.data for doc in documents]
+    limits = httpx.Limits(max_connections=4096, max_keepalive_connections=256)
+    async with httpx.AsyncClient(timeout=args.client_timeout, limits=limits) as client:
+        references = []
+        for image in images:
+            status, _, body, _ = await post(client, args.url, image, args.max_tokens)
+            if status != 200:
+                raise SystemExit(f"reference request failed: {status} {body}")
+            references.append(body["text"])
+        measured = await capacity(client, args.url, images, args.max_tokens, args.capacity_concurrency, args.capacity_seconds)
+        rate = measured * args.multiplier
+        print(f"capacity {measured:.2f} req/s at concurrency {args.capacity_concurrency}; offering {rate:.2f} req/s "
+              f"({args.multiplier}x) for {args.duration:g} s")
+
+        samples: list = []
+        stop = asyncio.Event()
+        sampler = asyncio.create_task(sample_memory(args.app, args.memory_interval, samples, stop))
+        results: list[tuple[int, int, float, dict, dict]] = []
+
+        async def one(index: int):
+            status, elapsed, body, headers = await post(client, args.url, images[index % len(images)], args.max_tokens)
+            results.append((index % len(images), status, elapsed, body, headers))
+
+        tasks = []
+        started = time.perf_counter()
+        total = int(rate * args.duration)
+        for index in range(total):
+            delay = started + index / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(index)))
+        offered_s = time.perf_counter() - started
+        await asyncio.gather(*tasks)
+        drained_s = time.perf_counter() - started
+        stop.set()
+        await sampler
+
+    statuses = Counter(status for _, status, _, _, _ in results)
+    accepted = [r for r in results if r[1] == 200]
+    wrong = [r for r in accepted if r[3].get("text") != references[r[0]]]
+    rejected = [r for r in results if r[1] == 503]
+    rejected_ms = [r[2] * 1000 for r in rejected]
+    retry_after = Counter(r[4].get("retry-after") for r in rejected)
+    rejection_bodies = Counter(
+        "json" if isinstance(r[3].get("error"), dict) else "ray proxy text" for r in rejected
+    )
+    accepted_ms = [r[2] * 1000 for r in accepted]
+    stages = sorted({stage for sample in samples for stage in sample["rss_mib"]})
+    memory = {}
+    for stage in stages:
+        series = [sample["rss_mib"].get(stage, 0.0) for sample in samples]
+        memory[stage] = {"start_mib": series[0], "end_mib": series[-1], "max_mib": max(series)}
+    report = {
+        "url": args.url,
+        "max_tokens": args.max_tokens,
+        "capacity_rps": round(measured, 2),
+        "offered_rps": round(rate, 2),
+        "multiplier": args.multiplier,
+        "duration_s": args.duration,
+        "offered_in_s": round(offered_s, 1),
+        "all_answered_in_s": round(drained_s, 1),
+        "requests": len(results),
+        "statuses": {str(key): value for key, value in sorted(statuses.items())},
+        "accepted": len(accepted),
+        "accepted_correct": len(accepted) - len(wrong),
+        "accepted_rps": round(len(accepted) / drained_s, 2),
+        "accepted_p50_ms": round(percentile(accepted_ms, 0.5), 1),
+        "accepted_p99_ms": round(percentile(accepted_ms, 0.99), 1),
+        "rejected": len(rejected),
+        "rejected_p50_ms": round(percentile(rejected_ms, 0.5), 1),
+        "rejected_p99_ms": round(percentile(rejected_ms, 0.99), 1),
+        "rejected_max_ms": round(max(rejected_ms, default=0.0), 1),
+        "rejected_under_100ms": sum(ms < 100 for ms in rejected_ms),
+        "rejected_retry_after": {str(key): value for key, value in retry_after.items()},
+        "rejected_body": dict(rejection_bodies),
+        "memory_mib": memory,
+        "memory_samples": samples,
+    }
+    return report
+
+
+def plot(report: dict, path: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    samples = report["memory_samples"]
+    figure, axis = plt.subplots(figsize=(8, 4.5))
+    for stage in report["memory_mib"]:
+        axis.plot([s["t"] for s in samples], [s["rss_mib"].get(stage, 0) for s in samples], label=stage)
+    axis.set_xlabel("seconds into the overload")
+    axis.set_ylabel("RSS (MiB, replicas + children)")
+    axis.set_title(
+        f"{report['multiplier']}x capacity ({report['offered_rps']} req/s offered): "
+        f"{report['accepted']} accepted, {report['rejected']} shed"
+    )
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", default="http://127.0.0.1:8000")
+    parser.add_argument("--app", default=None, help="Ray Serve app whose stages' memory is sampled (default: all)")
+    parser.add_argument("--images", default=str(DEFAULT_IMAGES))
+    parser.add_argument("--limit", type=int, default=8, help="images used")
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--multiplier", type=float, default=4.0)
+    parser.add_argument("--duration", type=float, default=60.0)
+    parser.add_argument("--capacity-concurrency", type=int, default=16)
+    parser.add_argument("--capacity-seconds", type=float, default=15.0)
+    parser.add_argument("--memory-interval", type=float, default=2.0)
+    parser.add_argument("--client-timeout", type=float, default=300.0)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "overload.json"))
+    args = parser.parse_args(argv)
+    report = asyncio.run(run(args))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report["plot"] = str(plot(report, out.with_suffix(".png")))
+    out.write_text(json.dumps(report, indent=2))
+    summary = {key: value for key, value in report.items() if key != "memory_samples"}
+    print(json.dumps(summary, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()
