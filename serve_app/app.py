@@ -50,9 +50,11 @@ def build_app(args: dict[str, Any]) -> Application:
 
 def build_graph(config: OCRAppConfig, engine_class: type[DecoderEngine] | None = None) -> Application:
     """Bind every deployment of the graph. `engine_class` lets tests inject a decoder engine."""
-    preprocessor = Preprocessor.options(name="Preprocessor", **config.preprocessor.deployment_options()).bind(config)
-    encoder = VisionEncoder.options(name="VisionEncoder", **config.encoder.deployment_options()).bind(config)
-    decoder = Decoder.options(name="Decoder", **config.decoder.deployment_options()).bind(config, engine_class)
-    return OCRIngress.options(name="OCRIngress", **config.ingress.deployment_options()).bind(
+    # Stopping replicas drain for as long as a request may take.
+    drain_s = config.limits.request_timeout_s
+    preprocessor = Preprocessor.options(name="Preprocessor", **config.preprocessor.deployment_options(drain_s)).bind(config)
+    encoder = VisionEncoder.options(name="VisionEncoder", **config.encoder.deployment_options(drain_s)).bind(config)
+    decoder = Decoder.options(name="Decoder", **config.decoder.deployment_options(drain_s)).bind(config, engine_class)
+    return OCRIngress.options(name="OCRIngress", **config.ingress.deployment_options(drain_s)).bind(
         config, preprocessor, encoder, decoder
     )

@@ -110,7 +110,10 @@ class StageConfig(_Strict):
     retry_after_s: int = Field(1, ge=0, description="Retry-After (seconds) on the 503 of a shed request.")
     health_check_period_s: float = Field(10.0, gt=0)
     health_check_timeout_s: float = Field(30.0, gt=0)
-    graceful_shutdown_timeout_s: float = Field(20.0, ge=0)
+    graceful_shutdown_timeout_s: float | None = Field(
+        None, ge=0, description="How long a stopping replica (redeploy, downscale, shutdown) keeps serving the "
+        "requests it holds. Unset: limits.request_timeout_s, so any request it accepted can finish."
+    )
 
     @model_validator(mode="after")
     def _one_scaling_mode(self) -> StageConfig:
@@ -118,8 +121,8 @@ class StageConfig(_Strict):
             raise ValueError("set either num_replicas or autoscaling, not both")
         return self
 
-    def deployment_options(self) -> dict[str, Any]:
-        """Keyword arguments for `Deployment.options(...)`."""
+    def deployment_options(self, request_timeout_s: float = 300.0) -> dict[str, Any]:
+        """Keyword arguments for `Deployment.options(...)`; `request_timeout_s` is the default drain time."""
         from ray.serve.config import BackpressureConfig
 
         options: dict[str, Any] = {
@@ -128,7 +131,9 @@ class StageConfig(_Strict):
             "max_queued_requests": self.max_queued_requests,
             "health_check_period_s": self.health_check_period_s,
             "health_check_timeout_s": self.health_check_timeout_s,
-            "graceful_shutdown_timeout_s": self.graceful_shutdown_timeout_s,
+            "graceful_shutdown_timeout_s": (
+                self.graceful_shutdown_timeout_s if self.graceful_shutdown_timeout_s is not None else request_timeout_s
+            ),
             # Used when Ray's proxy itself sheds a request for this stage (the ingress): 503 + Retry-After.
             "backpressure_config": BackpressureConfig(status_code=503, retry_after_s=self.retry_after_s),
         }

@@ -14,6 +14,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import psutil
@@ -37,8 +38,7 @@ def replica_pid(deployment: str) -> int:
     """The pid of the deployment's one live replica (named actors come from the GCS: no dashboard needed)."""
     import ray
 
-    prefix = f"SERVE_REPLICA::{APP}#{deployment}#"
-    names = [actor["name"] for actor in ray.util.list_named_actors(all_namespaces=True) if actor["name"].startswith(prefix)]
+    names = replica_names(APP, deployment)
     assert len(names) == 1, f"{deployment}: {names}"
     replica = ray.get_actor(names[0], namespace="serve")
     return ray.get(replica.__ray_call__.remote(lambda _: os.getpid()), timeout=30)
@@ -166,3 +166,67 @@ def gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+def receipts_pdf(count: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    folder = Path(__file__).resolve().parents[3] / "shared" / "data" / "sroie-sample"
+    pages = [Image.open(path).convert("RGB") for path in sorted(folder.glob("*.jpg"))[:count]]
+    buffer = io.BytesIO()
+    pages[0].save(buffer, "PDF", save_all=True, append_images=pages[1:], resolution=100)
+    return buffer.getvalue()
+
+
+def test_a_rolling_update_drains_the_requests_in_flight(served):
+    """Redeploying the PP-OCR graph with a changed config replaces every replica; a long PDF request
+    that is in flight when the old replicas are told to stop still completes, every page read."""
+    from ray import serve
+
+    from serve_app.app import build_graph
+    from serve_app.config import OCRAppConfig
+    from tests.integration.conftest import LITE_ROUTE, ROOT
+
+    pdf = receipts_pdf(8)
+    url = f"{BASE_URL}{LITE_ROUTE}/ocr"
+    old_ingress = set(replica_names("lite", "OCRIngress"))
+    result: dict = {}
+
+    def long_request():
+        response = httpx.post(url, content=pdf, headers={"Content-Type": "application/pdf"}, timeout=CLIENT_TIMEOUT_S)
+        is_json = response.headers.get("content-type", "").startswith("application/json")
+        result.update(
+            status=response.status_code, body=response.json() if is_json else response.text, finished=time.monotonic()
+        )
+
+    request = threading.Thread(target=long_request)
+    request.start()
+    time.sleep(2)  # the request is inside the graph
+    config = OCRAppConfig.from_serve_config(ROOT / "configs" / "lite.yaml").model_dump()
+    config["ingress"]["num_cpus"] = 0.2  # a changed config: every deployment gets new replicas
+    update = threading.Thread(
+        target=lambda: serve.run(build_graph(OCRAppConfig.model_validate(config)), name="lite", route_prefix=LITE_ROUTE)
+    )
+    update.start()
+    replaced_at = None
+    while request.is_alive():
+        if replaced_at is None and set(replica_names("lite", "OCRIngress")) - old_ingress:
+            replaced_at = time.monotonic()  # a new ingress exists: the old one is being stopped
+        time.sleep(0.2)
+    update.join(300)
+    assert replaced_at is not None and replaced_at < result["finished"], "the request did not overlap the update"
+    assert result["status"] == 200, result["body"]
+    pages = result["body"]["pages"]
+    assert [page["page"] for page in pages] == list(range(1, 9))
+    assert all(len(page["text"]) > 20 for page in pages)
+    assert not set(replica_names("lite", "OCRIngress")) & old_ingress  # the old ingress is gone
+    assert httpx.get(f"{BASE_URL}{LITE_ROUTE}/healthz", timeout=30).status_code == 200
+
+
+def replica_names(app: str, deployment: str) -> list[str]:
+    import ray
+
+    prefix = f"SERVE_REPLICA::{app}#{deployment}#"
+    return [actor["name"] for actor in ray.util.list_named_actors(all_namespaces=True) if actor["name"].startswith(prefix)]

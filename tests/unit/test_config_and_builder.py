@@ -38,6 +38,15 @@ def test_every_config_file_builds_the_four_stage_graph(config_path):
         assert deployment.ray_actor_options["num_cpus"] == stage.num_cpus
         assert deployment.ray_actor_options.get("num_gpus", 0) == stage.num_gpus
         assert deployment.max_ongoing_requests == stage.max_ongoing_requests
+        # Overload: a bounded queue per stage, shed with 503 + Retry-After.
+        assert deployment.max_queued_requests == stage.max_queued_requests > 0
+        assert deployment.backpressure_config.status_code == 503
+        assert deployment.backpressure_config.retry_after_s == stage.retry_after_s >= 1
+        # A stopping replica drains for as long as a request may take.
+        assert deployment._deployment_config.graceful_shutdown_timeout_s == config.limits.request_timeout_s
+    # Ray's proxy backstop sits above the service's own deadline (whose 504 callers see).
+    http_timeout = yaml.safe_load(config_path.read_text())["http_options"]["request_timeout_s"]
+    assert http_timeout > config.limits.request_timeout_s
 
 
 def test_production_plan_fits_one_gpu_with_fractions_and_autoscaling():
