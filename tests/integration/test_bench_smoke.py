@@ -87,3 +87,31 @@ def test_batching_smoke(served, images, tmp_path):
     assert (ratio["low_concurrency"], ratio["high_concurrency"]) == (1, 2)
     assert all(ratio[key] > 0 for key in ("requests_per_s", "pages_per_s", "output_tokens_per_s"))
     assert saved["target"] == 8 and isinstance(saved["meets_target"], bool)
+
+
+def test_overload_smoke(served, images, tmp_path):
+    out = tmp_path / "overload.json"
+    report = _module("overload").main([
+        "--url", f"{BASE_URL}{ROUTES['vllm']}", "--app", "vllm", "--images", str(images), "--limit", "2",
+        "--max-tokens", "4", "--multiplier", "2", "--duration", "3", "--capacity-concurrency", "2",
+        "--capacity-seconds", "3", "--memory-interval", "1", "--out", str(out),
+    ])
+    assert json.loads(out.read_text())["requests"] == report["requests"] > 0
+    assert report["capacity_rps"] > 0 and report["offered_rps"] > 0
+    assert set(report["statuses"]) <= {"200", "503"}, report["statuses"]  # served or shed, nothing else
+    assert report["accepted_correct"] == report["accepted"] > 0
+    assert set(report["memory_mib"]) == {"Preprocessor", "VisionEncoder", "Decoder", "OCRIngress"}
+    assert all(stage["max_mib"] > 0 for stage in report["memory_mib"].values())
+    assert Path(report["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_soak_smoke(served, images, tmp_path):
+    out = tmp_path / "soak.json"
+    report = _module("soak").main([
+        "--url", f"{BASE_URL}{ROUTES['vllm']}", "--app", "vllm", "--images", str(images), "--minutes", "0.1",
+        "--interval", "1", "--concurrency", "2", "--max-tokens", "4", "--out", str(out),
+    ])
+    assert report["requests"] > 0 and set(report["statuses"]) == {"200"}, report["statuses"]
+    assert set(report["stages"]) == {"Preprocessor", "VisionEncoder", "Decoder", "OCRIngress"}
+    assert all(stage["end_mib"] > 0 for stage in report["stages"].values())
+    assert len(report["samples"]) >= 3 and json.loads(out.read_text())["requests"] == report["requests"]
