@@ -28,7 +28,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from load import DEFAULT_IMAGES, load_documents, percentile  # noqa: E402
-from stage_memory import rss_mib_by_stage  # noqa: E402
+from stage_memory import plot_memory, rss_mib_by_stage  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -205,28 +205,11 @@ async def run(args) -> dict:
 
 
 def plot(report: dict, path: Path) -> Path | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    samples = report["memory_samples"]
-    figure, axis = plt.subplots(figsize=(8, 4.5))
-    for stage in report["memory_mib"]:
-        axis.plot([s["t"] for s in samples], [s["rss_mib"].get(stage, 0) for s in samples], label=stage)
-    axis.set_xlabel("seconds into the overload")
-    axis.set_ylabel("RSS (MiB, replicas + children)")
-    axis.set_title(
+    title = (
         f"{report['multiplier']}x capacity ({report['offered_rps']} req/s offered): "
         f"{report['accepted']} accepted, {report['rejected']} shed"
     )
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return plot_memory(report["memory_samples"], report["memory_mib"], path, title, unit="seconds into the overload")
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -24,7 +24,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from load import DEFAULT_IMAGES, load_documents  # noqa: E402
-from stage_memory import rss_mib_by_stage  # noqa: E402
+from stage_memory import plot_memory, rss_mib_by_stage  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ("text", "spotting", "stream")
@@ -106,25 +106,8 @@ async def run(args) -> dict:
 
 
 def plot(report: dict, path: Path) -> Path | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    figure, axis = plt.subplots(figsize=(8, 4.5))
-    samples = report["samples"]
-    for name in report["stages"]:
-        axis.plot([s["t"] / 60 for s in samples], [s["rss_mib"].get(name, 0) for s in samples], label=name)
-    axis.set_xlabel("minutes")
-    axis.set_ylabel("RSS (MiB, replicas + children)")
-    axis.set_title(f"soak: {report['requests']} requests at concurrency {report['concurrency']}")
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    title = f"soak: {report['requests']} requests at concurrency {report['concurrency']}"
+    return plot_memory(report["samples"], report["stages"], path, title, seconds_per_unit=60, unit="minutes")
 
 
 def main(argv: list[str] | None = None) -> dict:

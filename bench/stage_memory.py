@@ -7,6 +7,7 @@ its replicas plus their children (vLLM's engine core and worker run as children 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import psutil
 
@@ -40,3 +41,26 @@ def rss_mib_by_stage(app: str | None = None) -> dict[str, float]:
                     pass
         usage[deployment] = round(total / 2**20, 1)
     return usage
+
+
+def plot_memory(samples: list[dict], stages, path: Path, title: str, seconds_per_unit: float = 1.0,
+                unit: str = "seconds") -> Path | None:
+    """RSS per stage over time (samples: {"t": seconds, "rss_mib": {stage: MiB}}) as a PNG; None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    figure, axis = plt.subplots(figsize=(8, 4.5))
+    for stage in stages:
+        axis.plot([s["t"] / seconds_per_unit for s in samples], [s["rss_mib"].get(stage, 0) for s in samples], label=stage)
+    axis.set_xlabel(unit)
+    axis.set_ylabel("RSS (MiB, replicas + children)")
+    axis.set_title(title)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path
