@@ -120,3 +120,26 @@ def test_split_vs_fused_script(tmp_path, tiny_checkpoint):
         assert positive(summary["ratio_p50_latency_fused_over_split"])
         assert positive(summary["ratio_throughput_fused_over_split"])
     assert out.with_suffix(".png").stat().st_size > 0
+
+
+@pytest.mark.integration
+def test_overhead_smoke(tmp_path):
+    """bench/overhead.py at minimal size: its own Ray Serve graph (cpu.yaml) over HTTP vs the same stage
+    code in-process, one round at concurrency 1 and 2."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "overhead.json"
+    run_script(
+        "overhead.py", "--concurrency", "1", "2", "--requests", "4", "--rounds", "1", "--max-tokens", "4",
+        "--port", str(port), "--out", str(out), timeout=900,
+    )
+    report = json.loads(out.read_text())
+    assert set(report["by_concurrency"]) == {"1", "2"}
+    for summary in report["by_concurrency"].values():
+        for path in ("http", "in_process"):
+            assert all(positive(summary[path][key]) for key in ("p50_ms", "p95_ms", "requests_per_s", "output_tokens_per_s"))
+        assert positive(summary["ratio_p50_latency_http_over_in_process"])
+        assert positive(summary["ratio_throughput_http_over_in_process"])
