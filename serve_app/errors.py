@@ -135,3 +135,19 @@ def as_service_error(error: BaseException) -> OCRServiceError:
         if isinstance(cause, (TimeoutError, ray_exceptions.GetTimeoutError)):
             return RequestTimeoutError("The request timed out inside the pipeline; retry later or with a smaller input.")
     return OCRServiceError("Internal error while processing the request.")
+
+
+def validation_error(errors: list[dict], skip: int = 1) -> InvalidRequestError:
+    """pydantic errors -> one 400 that says what to fix. `skip` drops leading location parts ("body")."""
+    if any(item.get("type") == "json_invalid" for item in errors):
+        return InvalidRequestError("The request body is not valid JSON.")
+    # With unions (a message's content is text or parts) pydantic reports every branch: the deepest
+    # location is the one that says what to fix.
+    deepest = max(errors, key=lambda item: len(item.get("loc", ())))
+    parts = [str(part) for part in deepest.get("loc", ())[skip:] if not _is_union_tag(part)]
+    param = ".".join(parts) or None
+    return InvalidRequestError(f"{param or 'The request body'}: {deepest.get('msg')}", param=param)
+
+
+def _is_union_tag(part) -> bool:
+    return isinstance(part, str) and ("[" in part or part in ("str", "TextPart", "ImagePart"))

@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.auth import APIKeyMiddleware, load_api_key
+from serve_app.auth import load_api_key
 from serve_app.chat_input import image_and_instruction, load_image
 from serve_app.config import OCRAppConfig
 from serve_app.errors import (
@@ -33,8 +33,10 @@ from serve_app.errors import (
     RequestTimeoutError,
     ServiceUnavailableError,
     as_service_error,
+    validation_error,
 )
 from serve_app.metrics import IngressMetrics
+from serve_app.middleware import APIKeyMiddleware, RequestMetricsMiddleware
 from serve_app.openai_schemas import (
     AssistantMessage,
     ChatCompletion,
@@ -59,9 +61,6 @@ ERROR_RESPONSES = {status: {"model": ErrorResponse} for status in (400, 401, 404
 # A stage that does not answer a health ping within this is reported unavailable (it may be restarting).
 HEALTH_PING_TIMEOUT_S = 5.0
 OFF_LOOP_BYTES = 256 * 1024
-
-# Route label of the request metrics: the API's routes, everything under the UI as one, else "other".
-API_ROUTES = ("/ocr", "/v1/chat/completions", "/v1/models", "/healthz", "/docs", "/openapi.json")
 
 app = FastAPI(
     title="HunyuanOCR service",
@@ -90,66 +89,14 @@ def count_error(request: Request, error: OCRServiceError) -> None:
         metrics.errors.inc(tags={"error_type": error.error_type})
 
 
-class RequestMetricsMiddleware:
-    """Latency and count of every HTTP request by route and status (streams: until their last byte)."""
-
-    def __init__(self, app, metrics: IngressMetrics, ui_path: str | None):
-        self.app, self.metrics, self.ui_path = app, metrics, ui_path
-
-    def route(self, scope) -> str:
-        path, root_path = scope.get("path", ""), scope.get("root_path", "")
-        if root_path and path.startswith(root_path):
-            path = path[len(root_path):]
-        if path in API_ROUTES:
-            return path
-        if self.ui_path and (path == self.ui_path or path.startswith(self.ui_path + "/")):
-            return "ui"
-        return "other"
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        started = time.perf_counter()
-        status = 500
-
-        async def send_with_status(message):
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_status)
-        finally:
-            tags = {"route": self.route(scope), "status": str(status)}
-            self.metrics.request_latency_ms.observe((time.perf_counter() - started) * 1000, tags=tags)
-            self.metrics.requests.inc(tags=tags)
-
-
 @app.exception_handler(OCRServiceError)
 async def _service_error(request: Request, error: OCRServiceError) -> JSONResponse:
     return error_response(error, request)
 
 
-def validation_error(errors: list[dict], skip: int = 1) -> InvalidRequestError:
-    """pydantic errors -> one 400 that says what to fix. `skip` drops leading location parts ("body")."""
-    if any(item.get("type") == "json_invalid" for item in errors):
-        return InvalidRequestError("The request body is not valid JSON.")
-    # With unions (a message's content is text or parts) pydantic reports every branch: the deepest
-    # location is the one that says what to fix.
-    deepest = max(errors, key=lambda item: len(item.get("loc", ())))
-    parts = [str(part) for part in deepest.get("loc", ())[skip:] if not _is_union_tag(part)]
-    param = ".".join(parts) or None
-    return InvalidRequestError(f"{param or 'The request body'}: {deepest.get('msg')}", param=param)
-
-
 @app.exception_handler(RequestValidationError)
 async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
     return error_response(validation_error(error.errors()), request)
-
-
-def _is_union_tag(part) -> bool:
-    return isinstance(part, str) and ("[" in part or part in ("str", "TextPart", "ImagePart"))
 
 
 @app.exception_handler(StarletteHTTPException)
