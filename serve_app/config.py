@@ -6,6 +6,7 @@ are errors, so a typo fails at `serve run` with the field's path in the message.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -110,6 +111,11 @@ class StageConfig(_Strict):
     retry_after_s: int = Field(1, ge=0, description="Retry-After (seconds) on the 503 of a shed request.")
     health_check_period_s: float = Field(10.0, gt=0)
     health_check_timeout_s: float = Field(30.0, gt=0)
+    cpu_nice: int = Field(
+        0, ge=0, le=19, description="Run this stage's processes this many nice steps below Ray's other workers (its "
+        "children, such as vLLM's engine core, inherit it). On a CPU the compute stages share, this keeps Ray's HTTP "
+        "proxy and the ingress prompt: shedding load and health checks are not stuck behind image decoding or decode."
+    )
     graceful_shutdown_timeout_s: float | None = Field(
         None, ge=0, description="How long a stopping replica (redeploy, downscale, shutdown) keeps serving the "
         "requests it holds. Unset: limits.request_timeout_s, so any request it accepted can finish."
@@ -120,6 +126,18 @@ class StageConfig(_Strict):
         if self.num_replicas is not None and self.autoscaling is not None:
             raise ValueError("set either num_replicas or autoscaling, not both")
         return self
+
+    def apply_cpu_nice(self) -> None:
+        """Lower this process's CPU priority by `cpu_nice`: every thread of it, since Linux keeps a nice value
+        per thread (os.nice alone would leave Ray's threads and the ones that later start vLLM unchanged)."""
+        if self.cpu_nice == 0:
+            return
+        threads = [int(tid) for tid in os.listdir("/proc/self/task")] if os.path.isdir("/proc/self/task") else [0]
+        for thread in threads:
+            try:
+                os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + self.cpu_nice))
+            except (ProcessLookupError, PermissionError):  # a thread that ended meanwhile
+                continue
 
     def deployment_options(self, request_timeout_s: float = 300.0) -> dict[str, Any]:
         """Keyword arguments for `Deployment.options(...)`; `request_timeout_s` is the default drain time."""

@@ -64,6 +64,7 @@ def clean_result(result: DecodeResult, guard: RepetitionGuardConfig) -> DecodeRe
 @serve.deployment
 class Decoder:
     async def __init__(self, config: OCRAppConfig, engine_class: type[DecoderEngine] | None = None):
+        config.decoder.apply_cpu_nice()  # before the engine starts, so its processes inherit it
         # `engine_class` lets tests inject an engine; production picks it from `decoder.engine`.
         engine_name = "pp_ocr" if config.model.family == "pp_ocr" else config.decoder.engine
         engine_class = engine_class or load_engine_class(engine_name)

@@ -189,6 +189,7 @@ class OCRIngress:
         encoder: DeploymentHandle,
         decoder: DeploymentHandle,
     ):
+        config.ingress.apply_cpu_nice()
         self.config = config
         self.preprocessor = preprocessor
         self.encoder = encoder

@@ -102,6 +102,7 @@ class PixelPreparer:
 @serve.deployment
 class Preprocessor:
     def __init__(self, config: OCRAppConfig):
+        config.preprocessor.apply_cpu_nice()
         self.config = config
         if config.model.family == "pp_ocr":
             self.preparer = PixelPreparer(config)

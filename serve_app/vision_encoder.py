@@ -67,6 +67,7 @@ class TextDetectionEncoder:
 @serve.deployment
 class VisionEncoder:
     def __init__(self, config: OCRAppConfig):
+        config.encoder.apply_cpu_nice()
         family_encoder = TextDetectionEncoder if config.model.family == "pp_ocr" else VisionTowerEncoder
         self.encoder = family_encoder(config)
         self.encode_batch.set_max_batch_size(config.encoder.max_batch_size)

@@ -78,6 +78,23 @@ def upload(page, path: Path) -> None:
     expect(preview).to_have_attribute("src", re.compile(re.escape(path.name)), timeout=RESULT_TIMEOUT_MS)
 
 
+def expect_text(page, pattern: str) -> None:
+    """Wait for the recognized text; on a timeout, say what the page showed instead (error, toasts, progress)."""
+    from playwright.sync_api import expect
+
+    text = page.locator("#ocr-text textarea")
+    try:
+        expect(text).to_have_value(re.compile(pattern), timeout=RESULT_TIMEOUT_MS)
+    except AssertionError as failure:
+        shown = {
+            "error": page.locator("#ocr-error").inner_text() if page.locator("#ocr-error").is_visible() else None,
+            "toasts": page.locator("[data-testid='toast-body']").all_inner_texts(),
+            "progress": page.locator("#ocr-text .progress-text, #ocr-text .eta-bar, .wrap.default").all_inner_texts(),
+            "image": page.locator("#ocr-image img").get_attribute("src") if page.locator("#ocr-image img").count() else None,
+        }
+        raise AssertionError(f"{failure}\nthe page showed: {shown}") from None
+
+
 def test_read_then_spot_with_the_boxes_drawn(page, tmp_path):
     from playwright.sync_api import expect
 
@@ -86,7 +103,7 @@ def test_read_then_spot_with_the_boxes_drawn(page, tmp_path):
     upload(page, image_path)
 
     page.locator("#ocr-submit").click()
-    expect(page.locator("#ocr-text textarea")).to_have_value(re.compile("INVOICE 12345"), timeout=RESULT_TIMEOUT_MS)
+    expect_text(page, "INVOICE 12345")
     assert page.locator("#ocr-text textarea").input_value().splitlines() == list(LINES)
     expect(page.locator("#ocr-details")).to_contain_text("PP-OCRv6-small")
     expect(page.locator("#ocr-details")).to_contain_text("decode")
@@ -149,7 +166,7 @@ def test_errors_read_as_messages_and_the_page_stays_usable(page, tmp_path):
     render_text_page(LINES, size=(520, 220)).save(image_path)
     upload(page, image_path)
     page.locator("#ocr-submit").click()
-    expect(page.locator("#ocr-text textarea")).to_have_value(re.compile("TOTAL 42.50"), timeout=RESULT_TIMEOUT_MS)
+    expect_text(page, "TOTAL 42.50")
     expect(error).to_be_hidden()
 
 
@@ -164,8 +181,8 @@ def test_a_pdf_is_read_page_by_page(page, tmp_path):
     expect(page.locator("#ocr-pdf")).to_contain_text("letter.pdf", timeout=RESULT_TIMEOUT_MS)
     page.locator("#ocr-pages textarea, #ocr-pages input").first.fill("1,3")
     page.locator("#ocr-submit").click()
+    expect_text(page, "PAGE THREE 333")
     text = page.locator("#ocr-text textarea")
-    expect(text).to_have_value(re.compile("PAGE THREE 333"), timeout=RESULT_TIMEOUT_MS)
     assert text.input_value().split() == "PAGE ONE 111 PAGE THREE 333".split()
     expect(page.locator("#ocr-details")).to_contain_text("Pages 2")
     expect(page.locator("#ocr-error")).to_be_hidden()

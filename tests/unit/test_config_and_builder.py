@@ -110,3 +110,41 @@ def test_yaml_args_round_trip_through_the_tree():
     config = load_config(args)
     assert config.decoder.engine == "vllm"
     assert config.model_dump(exclude_unset=True, exclude_defaults=False)["decoder"]["engine_args"] == args["decoder"]["engine_args"]
+
+
+
+CPU_NICE_PROBE = """
+import json, os, subprocess, sys, threading
+from serve_app.config import StageConfig
+started, stop = threading.Event(), threading.Event()
+def idle():
+    started.set(); stop.wait()
+threading.Thread(target=idle).start(); started.wait()
+before = os.getpriority(os.PRIO_PROCESS, 0)
+StageConfig(cpu_nice=3).apply_cpu_nice()
+threads = [os.getpriority(os.PRIO_PROCESS, int(tid)) for tid in os.listdir("/proc/self/task")]
+child = subprocess.run([sys.executable, "-c", "import os; print(os.nice(0))"], capture_output=True, text=True)
+stop.set()
+print(json.dumps({"before": before, "threads": threads, "child": int(child.stdout)}))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="per-thread nice values are Linux's")
+def test_cpu_nice_lowers_every_thread_and_the_processes_started_after():
+    """A compute stage's cpu_nice reaches the threads Ray started before it and a child such as vLLM's engine core."""
+    import json
+    import subprocess
+    import sys
+
+    probe = subprocess.run([sys.executable, "-c", CPU_NICE_PROBE], capture_output=True, text=True, cwd=ROOT, check=True)
+    seen = json.loads(probe.stdout)
+    expected = min(19, seen["before"] + 3)
+    assert len(seen["threads"]) >= 2 and set(seen["threads"]) == {expected}  # every thread, not only the caller
+    assert seen["child"] == expected
+
+
+def test_the_cpu_configs_run_compute_below_the_front_door():
+    for name in ("cpu.yaml", "lite.yaml"):
+        config = OCRAppConfig.from_serve_config(ROOT / "configs" / name)
+        assert config.ingress.cpu_nice == 0
+        assert min(config.preprocessor.cpu_nice, config.encoder.cpu_nice, config.decoder.cpu_nice) > 0
