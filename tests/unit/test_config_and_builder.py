@@ -148,3 +148,12 @@ def test_the_cpu_configs_run_compute_below_the_front_door():
         config = OCRAppConfig.from_serve_config(ROOT / "configs" / name)
         assert config.ingress.cpu_nice == 0
         assert min(config.preprocessor.cpu_nice, config.encoder.cpu_nice, config.decoder.cpu_nice) > 0
+
+
+@pytest.mark.parametrize("config_path", [ROOT / "serve_config.yaml", *sorted((ROOT / "configs").glob("*.yaml"))])
+def test_only_the_ingress_writes_an_access_line_per_request(config_path):
+    """The inner stages' access lines repeat the ingress's; switched off in every shipped config."""
+    _, deployments = deployments_of(config_path)
+    assert deployments["OCRIngress"]._deployment_config.logging_config is None  # Serve's default: on
+    for name in ("Preprocessor", "VisionEncoder", "Decoder"):
+        assert deployments[name]._deployment_config.logging_config["enable_access_log"] is False
