@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import difflib
 import logging
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from serve_app.config import DecoderConfig, ModelConfig
+from serve_app.engine_guard import POLL_S, child_pids, guard_children
 from serve_app.engines.base import DecoderEngine
 from serve_app.errors import EngineStoppedError, InvalidRequestError
 from serve_app.hunyuan_vl import torch_dtype
@@ -101,6 +103,7 @@ class VLLMEngine(DecoderEngine):
         self._merge_size = 2
         self._hidden_size: int | None = None
         self._image_token = ""
+        self._guard: subprocess.Popen | None = None
 
     async def start(self) -> None:
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -112,6 +115,7 @@ class VLLMEngine(DecoderEngine):
         engine_args = dict(self.engine_args)
         if isinstance(engine_args.get("structured_outputs_config"), dict):
             engine_args["structured_outputs_config"] = StructuredOutputsConfig(**engine_args["structured_outputs_config"])
+        children_before = child_pids()
         try:
             self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args), stat_loggers=_ray_stat_loggers())
         except Exception as error:
@@ -124,6 +128,7 @@ class VLLMEngine(DecoderEngine):
         self._merge_size = hf_config.vision_config.spatial_merge_size
         self._hidden_size = hf_config.get_text_config().hidden_size
         self._image_token = self._llm.get_tokenizer().convert_ids_to_tokens(hf_config.image_token_id)
+        self._guard = guard_children(children_before)  # vLLM's processes: stopped even if we are killed
         logger.info("vLLM engine started in %.1f s", time.perf_counter() - started)
 
     def _engine(self):
@@ -223,3 +228,9 @@ class VLLMEngine(DecoderEngine):
         llm, self._llm = self._llm, None
         if llm is not None:
             llm.shutdown()
+        guard, self._guard = self._guard, None
+        if guard is not None:  # it exits by itself once the engine's processes are gone
+            try:
+                await asyncio.to_thread(guard.wait, 2 * POLL_S + 1)
+            except subprocess.TimeoutExpired:
+                guard.kill()
