@@ -141,11 +141,13 @@ class StageConfig(_Strict):
         for thread in threads:
             try:
                 os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + self.cpu_nice))
-            except (ProcessLookupError, PermissionError):  # a thread that ended meanwhile
+            except ProcessLookupError:  # a thread that ended meanwhile
                 continue
+            except PermissionError:  # a sandbox that forbids setpriority: run at the priority Ray gave
+                return
 
-    def deployment_options(self, request_timeout_s: float = 300.0) -> dict[str, Any]:
-        """Keyword arguments for `Deployment.options(...)`; `request_timeout_s` is the default drain time."""
+    def deployment_options(self, default_drain_s: float) -> dict[str, Any]:
+        """Keyword arguments for `Deployment.options(...)`; `default_drain_s` unless graceful_shutdown_timeout_s is set."""
         from ray.serve.config import BackpressureConfig
 
         options: dict[str, Any] = {
@@ -155,7 +157,7 @@ class StageConfig(_Strict):
             "health_check_period_s": self.health_check_period_s,
             "health_check_timeout_s": self.health_check_timeout_s,
             "graceful_shutdown_timeout_s": (
-                self.graceful_shutdown_timeout_s if self.graceful_shutdown_timeout_s is not None else request_timeout_s
+                self.graceful_shutdown_timeout_s if self.graceful_shutdown_timeout_s is not None else default_drain_s
             ),
             # Used when Ray's proxy itself sheds a request for this stage (the ingress): 503 + Retry-After.
             "backpressure_config": BackpressureConfig(status_code=503, retry_after_s=self.retry_after_s),

@@ -5,28 +5,23 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 
 from serve_app.app import build_graph
 from serve_app.config import OCRAppConfig
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+SROIE_DIR = ROOT.parent / "shared" / "data" / "sroie-sample"  # real receipts (../shared/data)
 
 
 # A free port per test session, so two sessions on one machine do not share a proxy.
-HTTP_PORT = _free_port()
+HTTP_PORT = free_port()
 BASE_URL = f"http://127.0.0.1:{HTTP_PORT}"
 # Ray's Prometheus endpoint for this session (the stages' metrics are exported there).
-METRICS_PORT = _free_port()
+METRICS_PORT = free_port()
 ROUTES = {"vllm": "/vllm", "transformers": "/transformers"}
 LITE_ROUTE = "/lite"
 # The lite graph again with the security options on: an API key and an image_url allow-list.
@@ -93,7 +88,7 @@ class ImageServer:
 
 @pytest.fixture(scope="session")
 def image_server():
-    image = sorted((ROOT.parent / "shared" / "data" / "sroie-sample").glob("**/*.jpg"))[0].read_bytes()
+    image = sorted(SROIE_DIR.glob("**/*.jpg"))[0].read_bytes()
     server = ImageServer(image)
     yield server
     server.server.shutdown()

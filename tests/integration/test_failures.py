@@ -14,14 +14,13 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 
 from tests.conftest import make_image, to_bytes
-from tests.integration.conftest import BASE_URL, ROUTES
+from tests.integration.conftest import BASE_URL, ROUTES, SROIE_DIR
 
 pytestmark = pytest.mark.integration
 
@@ -173,8 +172,7 @@ def receipts_pdf(count: int) -> bytes:
 
     from PIL import Image
 
-    folder = Path(__file__).resolve().parents[3] / "shared" / "data" / "sroie-sample"
-    pages = [Image.open(path).convert("RGB") for path in sorted(folder.glob("*.jpg"))[:count]]
+    pages = [Image.open(path).convert("RGB") for path in sorted(SROIE_DIR.glob("*.jpg"))[:count]]
     buffer = io.BytesIO()
     pages[0].save(buffer, "PDF", save_all=True, append_images=pages[1:], resolution=100)
     return buffer.getvalue()

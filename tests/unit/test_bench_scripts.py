@@ -126,11 +126,9 @@ def test_split_vs_fused_script(tmp_path, tiny_checkpoint):
 def test_overhead_smoke(tmp_path):
     """bench/overhead.py at minimal size: its own Ray Serve graph (cpu.yaml) over HTTP vs the same stage
     code in-process, one round at concurrency 1 and 2."""
-    import socket
+    from tests.conftest import free_port
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     out = tmp_path / "overhead.json"
     run_script(
         "overhead.py", "--concurrency", "1", "2", "--requests", "4", "--rounds", "1", "--max-tokens", "4",
