@@ -167,6 +167,53 @@ def load_vision_tower(model_path: str, dtype: torch.dtype, device: str) -> torch
     return tower.to(device=device).eval().requires_grad_(False)
 
 
+# --------------------------------------------------------------------------------------------- model input
+
+
+def image_to_patches(image, image_processor) -> tuple[np.ndarray, np.ndarray]:
+    """An RGB image already at the model's input size -> (pixel_values, image_grid_thw), the same arrays
+    as HunYuanVL's image processor, in two passes over the output instead of its five.
+
+    The processor converts to float32, rescales, normalizes (each a full pass) and then copies into
+    the patch layout. Here the uint8 pixels move into the patch layout first (a quarter of the bytes),
+    and one multiply-add per element maps them to (x / 255 - mean) / std. At the 2048*2048 budget this
+    is about 5x faster than the processor (bench/preprocess.py). Values agree to float32 rounding."""
+    patch = int(image_processor.patch_size)
+    merge = int(image_processor.merge_size)
+    temporal = int(getattr(image_processor, "temporal_patch_size", 1) or 1)
+    pixels = np.asarray(image, dtype=np.uint8)  # (height, width, 3)
+    if pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise ValueError(f"expected an RGB image, got an array of shape {pixels.shape}")
+    height, width, channels = pixels.shape
+    if height % (patch * merge) or width % (patch * merge):
+        raise ValueError(f"image size {width}x{height} is not a multiple of {patch * merge}")
+    grid_h, grid_w = height // patch, width // patch
+    # (H, W, C) -> (grid_h, patch, grid_w, patch, C) -> (grid_h, grid_w, C, patch, patch): patches in raster
+    # order, each channel-major, as the processor lays them out (its merge_size axes keep raster order).
+    blocks = pixels.reshape(grid_h, patch, grid_w, patch, channels).transpose(0, 2, 4, 1, 3)
+    patches = np.ascontiguousarray(blocks).reshape(grid_h * grid_w, channels, 1, patch * patch)
+    scale, offset = _normalization(image_processor)
+    out = np.empty((grid_h * grid_w, channels, temporal, patch * patch), dtype=np.float32)
+    # One ufunc pass: uint8 * float32 -> float32 straight into the output (temporal copies broadcast).
+    np.multiply(patches, scale, out=out)
+    out += offset
+    grid = np.array([1, grid_h, grid_w], dtype=np.int64)
+    return out.reshape(grid_h * grid_w, channels * temporal * patch * patch), grid
+
+
+def _normalization(image_processor) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, offset) per channel with x * scale + offset == (x * rescale_factor - mean) / std."""
+    rescale = float(image_processor.rescale_factor) if image_processor.do_rescale else 1.0
+    if image_processor.do_normalize:
+        mean = np.asarray(image_processor.image_mean, dtype=np.float64)
+        std = np.asarray(image_processor.image_std, dtype=np.float64)
+    else:
+        mean, std = np.zeros(3), np.ones(3)
+    scale = (rescale / std).astype(np.float32).reshape(1, 3, 1, 1)
+    offset = (-mean / std).astype(np.float32).reshape(1, 3, 1, 1)
+    return scale, offset
+
+
 # --------------------------------------------------------------------------------------------- encoding
 
 

@@ -1,0 +1,69 @@
+"""The Preprocessor's model input is HunYuanVL's image processor output: same pixel_values (to float32
+rounding) and grid, from image_to_patches and from the whole prepare path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from transformers import AutoProcessor
+
+from serve_app.config import OCRAppConfig
+from serve_app.hunyuan_vl import image_to_patches
+from serve_app.preprocessor import ImagePreparer
+from tests.conftest import make_image, to_bytes
+
+BUDGET = {"min_pixels": 64 * 64, "max_pixels": 512 * 512}
+
+
+@pytest.fixture(scope="module")
+def image_processor(tiny_checkpoint):
+    return AutoProcessor.from_pretrained(tiny_checkpoint, backend="pil").image_processor
+
+
+def _reference(image_processor, image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
+    size = {"shortest_edge": BUDGET["min_pixels"], "longest_edge": BUDGET["max_pixels"]}
+    features = image_processor(images=[image], size=size, return_tensors="np")
+    return features["pixel_values"], features["image_grid_thw"][0]
+
+
+# Sizes already on the model input grid and within the budget, as the stage hands them over.
+@pytest.mark.parametrize("size", [(64, 64), (64, 96), (576, 416), (160, 1024)])
+def test_patches_match_the_image_processor(image_processor, size):
+    rng = np.random.default_rng(size[0] * size[1])
+    image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    expected_pixels, expected_grid = _reference(image_processor, image)
+    pixel_values, grid = image_to_patches(image, image_processor)
+    np.testing.assert_array_equal(grid, expected_grid)
+    assert pixel_values.dtype == np.float32 and pixel_values.flags.c_contiguous
+    np.testing.assert_allclose(pixel_values, expected_pixels, rtol=0, atol=2e-6)
+
+
+def test_patch_order_is_raster_and_channel_major(image_processor):
+    # One distinct colour per 16x16 patch: patch i of the output must be the i-th patch in reading order.
+    grid_h, grid_w = 2, 4
+    image = np.zeros((16 * grid_h, 16 * grid_w, 3), np.uint8)
+    for row in range(grid_h):
+        for col in range(grid_w):
+            image[row * 16 : (row + 1) * 16, col * 16 : (col + 1) * 16] = (row * grid_w + col, 100, 200)
+    pixel_values, grid = image_to_patches(Image.fromarray(image), image_processor)
+    assert grid.tolist() == [1, grid_h, grid_w]
+    red = pixel_values[:, :256]  # channel-major: the first 16*16 values of a patch are its red channel
+    scale, offset = 1 / 255 / image_processor.image_std[0], -image_processor.image_mean[0] / image_processor.image_std[0]
+    np.testing.assert_allclose(red[:, 0], np.arange(grid_h * grid_w) * scale + offset, atol=1e-5)
+    assert np.ptp(red, axis=1).max() < 1e-6  # each patch is one colour
+
+
+def test_sizes_off_the_patch_grid_are_refused(image_processor):
+    with pytest.raises(ValueError, match="multiple of 32"):
+        image_to_patches(Image.new("RGB", (48, 32)), image_processor)
+
+
+def test_prepare_gives_the_processors_model_input(tiny_checkpoint, image_processor):
+    # The whole stage (decode, one resize, patches) against transformers' own path on the decoded image.
+    preparer = ImagePreparer(OCRAppConfig.model_validate({"model": BUDGET}), str(tiny_checkpoint))
+    page = make_image(900, 700)
+    prepared = preparer.prepare(to_bytes(page), "x")
+    expected_pixels, expected_grid = _reference(image_processor, page)
+    np.testing.assert_array_equal(prepared.image_grid_thw, expected_grid)
+    np.testing.assert_allclose(prepared.pixel_values, expected_pixels, rtol=0, atol=2e-6)
