@@ -12,9 +12,17 @@ memory peaks and vLLM's processes do not mix. Per engine:
   most requests it actually ran at once when given more; transformers — batched `generate` of the same
   request at 1, 2, 4, ... until out of memory (CUDA), the memory budget (CPU) or the cap.
 
+`--served` measures the same table through the whole Ray Serve graph over HTTP instead: per engine, the
+graph of the same config with `decoder.engine` set to it, the same pages POSTed to /ocr. /ocr has no way to
+ignore EOS, so tok/s counts the `usage.completion_tokens` the responses report. Peak memory is the RSS of
+the Decoder replica's process tree (vLLM's engine core included), sampled from when the graph is up. The
+largest batch is not observable from outside: the report gives the decoder's configured limits
+(max_ongoing_requests, vLLM max_num_seqs) and the largest encoder batch the responses report.
+
     python bench/engines.py                                    # tiny checkpoint, configs/cpu.yaml
     python bench/engines.py --concurrency 1 4 16 --requests 16 --max-tokens 32
     python bench/engines.py --source /models/HunyuanOCR        # GPU: serve_config.yaml engine args
+    python bench/engines.py --served --concurrency 1 4 --requests 8   # through the served graph
 """
 
 from __future__ import annotations
@@ -58,12 +66,15 @@ GIB = 2**30
 
 class MemorySampler:
     """Peak memory per phase, sampled in a thread: RSS of this process and all its children; on CUDA also
-    the device memory in use (NVML, every process) and torch's own peak allocation in this process."""
+    the device memory in use (NVML, every process) and torch's own peak allocation in this process.
 
-    def __init__(self, period_s: float = 0.05):
+    `roots`: other processes to watch instead (with their children), e.g. a Ray Serve replica; then no
+    device memory, which on a GPU the graph's stages share cannot be told apart per stage."""
+
+    def __init__(self, period_s: float = 0.05, roots: list | None = None):
         import psutil
 
-        self.process = psutil.Process()
+        self.roots = roots or [psutil.Process()]
         self.period_s = period_s
         self.phase = "load"
         self.rss_peak: dict[str, int] = {}
@@ -72,7 +83,7 @@ class MemorySampler:
         self._stop = threading.Event()
         self._nvml = None
         self.device_baseline = 0
-        if cuda_available():
+        if cuda_available() and roots is None:
             try:
                 import pynvml
 
@@ -94,11 +105,16 @@ class MemorySampler:
         import psutil
 
         total = 0
-        for process in [self.process, *self.process.children(recursive=True)]:
+        for root in self.roots:
             try:
-                total += process.memory_info().rss
+                tree = [root, *root.children(recursive=True)]
             except psutil.Error:
                 continue
+            for process in tree:
+                try:
+                    total += process.memory_info().rss
+                except psutil.Error:
+                    continue
         return total
 
     def sample(self) -> None:
@@ -205,14 +221,12 @@ def transformers_engine(config, model_path: str):
     return FixedLengthTransformersEngine(config.model, config.decoder, model_path)
 
 
-async def concurrency_rows(engine, requests: list, concurrencies: list[int], n_requests: int) -> dict:
+async def concurrency_rows(send, items: list, concurrencies: list[int], n_requests: int) -> dict:
+    """run_load at each concurrency: `items` cycled to max(n_requests, concurrency) requests; `send` returns
+    the output tokens of one."""
     rows = {}
     for concurrency in concurrencies:
-        batch = [requests[i % len(requests)] for i in range(max(n_requests, concurrency))]
-
-        async def send(request) -> int:
-            return (await engine.generate(request)).completion_tokens
-
+        batch = [items[i % len(items)] for i in range(max(n_requests, concurrency))]
         rows[str(concurrency)] = await run_load(send, batch, concurrency)
     return rows
 
@@ -344,7 +358,11 @@ async def worker(args) -> dict:
     start_s = time.perf_counter() - started
     warm = await engine.generate(requests[0])  # warm-up
     sampler.enter("concurrency")
-    rows = await concurrency_rows(engine, requests, args.concurrency, args.requests)
+
+    async def send(request) -> int:
+        return (await engine.generate(request)).completion_tokens
+
+    rows = await concurrency_rows(send, requests, args.concurrency, args.requests)
     sampler.enter("largest_batch")
     if args.worker == "vllm":
         max_num_seqs = int(engine._engine().vllm_config.scheduler_config.max_num_seqs)
@@ -375,6 +393,130 @@ async def worker(args) -> dict:
     }
 
 
+# --------------------------------------------------------------------------------------------- served
+
+DECODER_REPLICA = "ServeReplica:ocr:Decoder"  # in the command line (process title) of the Decoder's replicas
+SERVED_NOTES = [
+    "Each engine serves the whole graph of the same config (decoder.engine set; engine_args dropped for "
+    "transformers), one after the other on one Ray Serve instance, the same pages POSTed to /ocr.",
+    "/ocr cannot ignore EOS: tok/s counts the usage.completion_tokens of the responses (up to max_tokens; see "
+    "completion_tokens_per_request and finish_reasons). A warm-up request precedes the load and is not counted.",
+    "Peak memory: RSS of the Decoder replica process(es) found at start and their children (vLLM's engine "
+    "core), sampled every 50 ms from when the graph is up (engine start-up not included); no device memory.",
+    "Largest batch: not observable from outside. largest_batch gives the decoder's configured "
+    "max_ongoing_requests, vLLM's configured max_num_seqs (null: not set, vLLM's default) and the largest "
+    "timings_ms.encoder_batch_size seen (images per vision tower call, not a decoder batch).",
+]
+
+
+def with_decoder_engine(config, engine: str):
+    """`config` with `decoder.engine` = `engine`; the transformers engine takes no engine_args (vLLM's), so
+    they are dropped for it, as tests/integration builds that graph."""
+    update: dict[str, Any] = {"engine": engine}
+    if engine != "vllm":
+        update["engine_args"] = {}
+    return config.model_copy(update={"decoder": config.decoder.model_copy(update=update)})
+
+
+def decoder_replicas() -> list:
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        if DECODER_REPLICA in " ".join(process.info["cmdline"] or []):
+            found.append(process)
+    if not found:
+        raise SystemExit(f"no process with {DECODER_REPLICA!r} in its command line: cannot measure its memory")
+    return found
+
+
+async def served_load(args, port: int, pages: list[bytes]) -> dict:
+    """POST the pages to /ocr: one warm-up request, then each concurrency. Tokens are the responses' own
+    usage.completion_tokens (EOS can end a request early)."""
+    import httpx
+
+    completion_tokens: list[int] = []
+    encoder_batches: list[int] = []
+    finish_reasons: dict[str, int] = {}
+    limits = httpx.Limits(max_connections=max(args.concurrency) * 2)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=600, limits=limits) as client:
+
+        async def send(page: bytes) -> int:
+            response = await client.post("/ocr", params={"max_tokens": args.max_tokens}, content=page)
+            response.raise_for_status()
+            body = response.json()
+            completion_tokens.append(body["usage"]["completion_tokens"])
+            encoder_batches.append(body["timings_ms"]["encoder_batch_size"])
+            finish_reasons[body["finish_reason"]] = finish_reasons.get(body["finish_reason"], 0) + 1
+            return body["usage"]["completion_tokens"]
+
+        warm = await client.post("/ocr", params={"max_tokens": args.max_tokens}, content=pages[0])
+        warm.raise_for_status()
+        rows = await concurrency_rows(send, pages, args.concurrency, args.requests)
+    return {
+        "prompt_tokens": warm.json()["usage"]["prompt_tokens"],
+        "by_concurrency": rows,
+        "completion_tokens_per_request": {
+            "min": min(completion_tokens),
+            "mean": round(sum(completion_tokens) / len(completion_tokens), 2),
+            "max": max(completion_tokens),
+        },
+        "finish_reasons": finish_reasons,
+        "max_encoder_batch_size_seen": max(encoder_batches),
+    }
+
+
+def served_engine(engine: str, config, args, port: int, pages: list[bytes]) -> dict:
+    """The graph with this decoder engine, deployed as "ocr" at /, loaded, then deleted."""
+    from ray import serve
+
+    from serve_app.app import build_graph
+
+    config = with_decoder_engine(config, engine)
+    print(f"--- {engine} engine (served graph)", flush=True)
+    started = time.perf_counter()
+    serve.run(build_graph(config), name="ocr", route_prefix="/")
+    start_s = time.perf_counter() - started
+    try:
+        sampler = MemorySampler(roots=decoder_replicas())
+        sampler.enter("requests")  # "load": once, as the graph is up; "requests": warm-up and load
+        result = asyncio.run(served_load(args, port, pages))
+        memory = sampler.stop()
+    finally:
+        serve.delete("ocr")
+    peaks = memory["rss_gib"]
+    encoder_batch_seen = result.pop("max_encoder_batch_size_seen")
+    return {
+        "engine": engine,
+        "device": "cuda" if cuda_available() else "cpu",
+        "start_s": round(start_s, 1),
+        **result,
+        "largest_batch": {
+            "observable": False,
+            "decoder_max_ongoing_requests": config.decoder.max_ongoing_requests,
+            "vllm_max_num_seqs": config.decoder.engine_args.get("max_num_seqs") if engine == "vllm" else None,
+            "max_encoder_batch_size_seen": encoder_batch_seen,
+        },
+        "memory": memory,
+        "peak_mem_gib": max(peaks.values()) if peaks else 0.0,
+        "peak_mem_kind": "Decoder replica process tree RSS (psutil), from graph up",
+    }
+
+
+def run_served(args, config, pages: list[bytes]) -> list[dict]:
+    """Each engine in turn on one Ray Serve instance (HTTP on 127.0.0.1:`args.port`)."""
+    from ray import serve
+
+    from tests.conftest import free_port
+
+    port = args.port or free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        return [served_engine(engine, config, args, port, pages) for engine in args.engines]
+    finally:
+        serve.shutdown()
+
+
 # --------------------------------------------------------------------------------------------- parent
 
 
@@ -398,21 +540,34 @@ def run_worker(engine: str, args, work: Path) -> dict:
 
 
 def print_table(report: dict) -> None:
+    served = report["mode"] == "served"
     concurrencies = list(report["engines"][0]["by_concurrency"])
     head = " | ".join(f"tok/s @{c}" for c in concurrencies)
     print(
-        f"\nengines on {report['device']} ({report['dtype']}), {report['max_tokens']} tokens/request "
-        f"(EOS ignored), prompt tokens {report['prompt_tokens_first_request']}, "
+        f"\nengines {'served (POST /ocr) ' if served else ''}on {report['device']} ({report['dtype']}), "
+        f"{'at most ' if served else ''}{report['max_tokens']} tokens/request "
+        f"({'EOS not ignored: tok/s from usage.completion_tokens' if served else 'EOS ignored'}), "
+        f"prompt tokens {report['prompt_tokens_first_request']}, "
         f"peak mem = {report['engines'][0]['peak_mem_kind']}"
-        + (" / " + report["engines"][-1]["peak_mem_kind"] if report["device"] == "cuda" else "")
+        + (" / " + report["engines"][-1]["peak_mem_kind"] if report["device"] == "cuda" and not served else "")
     )
-    print(f"{'engine':<13}| {head} | peak mem GiB | largest batch")
+    last = "batch limits (largest batch not observable)" if served else "largest batch"
+    print(f"{'engine':<13}| {head} | peak mem GiB | {last}")
     for row in report["engines"]:
         rates = " | ".join(
             f"{row['by_concurrency'][c]['output_tokens_per_s']:>{len(f'tok/s @{c}')}.1f}" for c in concurrencies
         )
         largest = row["largest_batch"]
-        if row["engine"] == "vllm":
+        if served:
+            detail = f"decoder max_ongoing_requests {largest['decoder_max_ongoing_requests']}"
+            if row["engine"] == "vllm":
+                detail += f", vLLM max_num_seqs {largest['vllm_max_num_seqs'] or 'vLLM default'}"
+            tokens = row["completion_tokens_per_request"]
+            detail += (
+                f"; encoder batch seen <= {largest['max_encoder_batch_size_seen']}; "
+                f"tokens/request {tokens['min']}-{tokens['max']} (mean {tokens['mean']})"
+            )
+        elif row["engine"] == "vllm":
             detail = (
                 f"{largest['largest_batch']} (max_num_seqs {largest['max_num_seqs']}, KV room for "
                 f"{largest['kv_limited_batch']}; ran {largest['observed_peak_running']} at once, "
@@ -440,10 +595,24 @@ def plot(report: dict, path: Path) -> None:
     colors = ["tab:blue", "tab:orange"][: len(names)]
     axes[1].bar(names, [row["peak_mem_gib"] for row in report["engines"]], color=colors)
     axes[1].set_title("peak memory (GiB)")
-    axes[2].bar(names, [row["largest_batch"]["largest_batch"] for row in report["engines"]], color=colors)
-    axes[2].set_title("largest batch that fits")
+    if report["mode"] == "served":
+        limits = {
+            "decoder max_ongoing_requests": "decoder_max_ongoing_requests",
+            "vLLM max_num_seqs": "vllm_max_num_seqs",
+            "encoder batch seen (max)": "max_encoder_batch_size_seen",
+        }
+        for offset, (label, key) in enumerate(limits.items()):
+            values = [row["largest_batch"][key] or 0 for row in report["engines"]]
+            axes[2].bar([i + (offset - 1) * 0.27 for i in range(len(names))], values, width=0.27, label=label)
+        axes[2].set_xticks(range(len(names)), names)
+        axes[2].legend(fontsize=7)
+        axes[2].set_title("batch limits (largest batch not observable)")
+    else:
+        axes[2].bar(names, [row["largest_batch"]["largest_batch"] for row in report["engines"]], color=colors)
+        axes[2].set_title("largest batch that fits")
     fig.suptitle(
-        f"decoder engines, {report['device']} {report['dtype']}, {report['max_tokens']} tokens/request", fontsize=9
+        f"decoder engines{' served (POST /ocr)' if report['mode'] == 'served' else ''}, {report['device']} "
+        f"{report['dtype']}, {report['max_tokens']} tokens/request", fontsize=9
     )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -470,12 +639,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--cpu-budget-gib", type=float, default=8.0, help="CPU: stop growing the transformers batch near this RSS"
     )
-    parser.add_argument("--out", type=Path, default=RESULTS / "engines.json")
+    parser.add_argument(
+        "--served", action="store_true", help="through the whole served graph over HTTP instead of in-process"
+    )
+    parser.add_argument("--port", type=int, default=None, help="--served: HTTP port (default: a free one)")
+    parser.add_argument("--out", type=Path, default=None, help="default: bench/results/engines[-served].json")
     parser.add_argument("--plot", type=Path, default=None, help="default: --out with .png")
     parser.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.serve_config = args.serve_config or default_serve_config()
+    args.out = args.out or RESULTS / ("engines-served.json" if args.served else "engines.json")
 
     if args.worker:
         result = asyncio.run(worker(args))
@@ -488,22 +662,29 @@ def main(argv: list[str] | None = None) -> None:
     config = load_app_config(args.serve_config, args.source)
     model_path = resolve_model_path(config.model)
     pages, origin = load_pages(args.images, max(args.requests, max(args.concurrency)))
-    with tempfile.TemporaryDirectory(prefix="bench-engines-") as scratch:
-        work = Path(scratch)
-        meta = prepare_inputs(config, model_path, pages, work)
-        rows = [run_worker(engine, args, work) for engine in args.engines]
+    meta = None
+    if args.served:
+        rows = run_served(args, config, pages)
+    else:
+        with tempfile.TemporaryDirectory(prefix="bench-engines-") as scratch:
+            work = Path(scratch)
+            meta = prepare_inputs(config, model_path, pages, work)
+            rows = [run_worker(engine, args, work) for engine in args.engines]
     report = {
+        "mode": "served" if args.served else "in_process",
         "checkpoint": model_path,
         "serve_config": str(args.serve_config),
         "device": rows[0]["device"],
         "dtype": config.model.dtype,
         "images": origin,
-        "image_tokens": sorted(set(meta["image_tokens"])),
+        "image_tokens": sorted(set(meta["image_tokens"])) if meta else None,  # served: not reported by /ocr
         "prompt_tokens_first_request": {row["engine"]: row["prompt_tokens"] for row in rows},
         "max_tokens": args.max_tokens,
         "requests": args.requests,
         "engines": rows,
     }
+    if args.served:
+        report["notes"] = SERVED_NOTES
     print_table(report)
     save_json(report, args.out)
     plot(report, args.plot or args.out.with_suffix(".png"))

@@ -102,6 +102,37 @@ def test_engines_script(tmp_path, tiny_checkpoint):
 
 
 @pytest.mark.integration
+def test_engines_script_served(tmp_path, tiny_checkpoint):
+    """engines.py --served: each engine's whole graph on Ray Serve over HTTP, one request at concurrency 1."""
+    from tests.conftest import free_port
+
+    out = tmp_path / "engines-served.json"
+    run_script(
+        "engines.py", "--served", "--source", str(tiny_checkpoint), "--serve-config", str(CPU_CONFIG),
+        "--images", str(tmp_path / "no-images"), "--concurrency", "1", "--requests", "1",
+        "--max-tokens", "4", "--port", str(free_port()), "--out", str(out), timeout=900,
+    )
+    report = json.loads(out.read_text())
+    assert report["mode"] == "served"
+    assert [row["engine"] for row in report["engines"]] == ["transformers", "vllm"]
+    for row in report["engines"]:
+        assert set(row["by_concurrency"]) == {"1"}
+        assert row["by_concurrency"]["1"]["requests"] == 1
+        assert positive(row["by_concurrency"]["1"]["output_tokens_per_s"])
+        assert positive(row["peak_mem_gib"])
+        assert 1 <= row["completion_tokens_per_request"]["max"] <= 4
+        limits = row["largest_batch"]
+        assert limits["observable"] is False
+        assert limits["decoder_max_ongoing_requests"] == 32  # configs/cpu.yaml
+        assert limits["max_encoder_batch_size_seen"] == 1
+    transformers, vllm = report["engines"]
+    assert transformers["largest_batch"]["vllm_max_num_seqs"] is None
+    assert vllm["largest_batch"]["vllm_max_num_seqs"] == 32
+    assert transformers["prompt_tokens"] == vllm["prompt_tokens"] > 0  # the same page
+    assert out.with_suffix(".png").stat().st_size > 0
+
+
+@pytest.mark.integration
 def test_split_vs_fused_script(tmp_path, tiny_checkpoint):
     out = tmp_path / "split_vs_fused.json"
     run_script(
