@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -86,6 +87,11 @@ class Decoder:
         self, prompt: str, image: ImageEmbeddings | DetectedText, sampling: SamplingOptions, request_id: str
     ) -> DecodeResult:
         started = time.perf_counter()
+        # Nobody reads the chunks but the repetition guard, which checks every check_every_tokens: chunks
+        # of that size instead of one per token make that many times fewer output objects, chunks and
+        # guard/metrics steps here.
+        interval = max(sampling.stream_interval, self.guard.check_every_tokens)
+        sampling = dataclasses.replace(sampling, stream_interval=interval)
         stream = self._measured(self.engine.stream(DecodeRequest(prompt, image, sampling, request_id)))
         try:
             result = clean_result(await collect(stream), self.guard)

@@ -57,6 +57,9 @@ class SamplingOptions:
     top_k: int = 1
     repetition_penalty: float = 1.0
     json_schema: dict | None = None  # guided decoding (vLLM structured outputs) when set
+    # Tokens per chunk the engine hands back (the first and last come at once regardless). 1 for streams;
+    # the Decoder raises it when only the whole text is wanted: less Python per token.
+    stream_interval: int = 1
 
 
 @dataclass

@@ -174,7 +174,8 @@ class VLLMEngine(DecoderEngine):
                 structured_outputs=(
                     StructuredOutputsParams(json=sampling.json_schema) if sampling.json_schema is not None else None
                 ),
-                output_kind=RequestOutputKind.DELTA,  # only what is new at each step
+                output_kind=RequestOutputKind.DELTA,  # only what is new since the last chunk
+                stream_interval=sampling.stream_interval,
             )
             # Render (tokenize, expand the image placeholder) ourselves, off the event loop; passing
             # raw prompts to generate() is deprecated in vLLM 0.32.
