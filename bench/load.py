@@ -12,6 +12,9 @@ images of a folder round-robin and the request kind from a task mix:
 Per level it reports requests/s, pages/s, output tokens/s, p50/p95/p99 latency, time to first
 token (streams) and errors by status code, then saves the report as JSON and a PNG plot
 (throughput and latency vs concurrency). One fixed `--max-tokens` for all, so runs compare.
+A worker refused with 429/503 waits the answer's Retry-After before its next request, as a
+well-behaved client does: beyond the service's admission limit the refusals are counted, and the
+accepted requests' throughput and latency stay those of the admitted load.
 
     python bench/load.py --url http://127.0.0.1:8000                 # 1 4 16 64, 32 requests per level
     python bench/load.py --duration 15 --mix text=0.6,spotting=0.2,fields=0.1,stream=0.1
@@ -111,6 +114,19 @@ def kind_schedule(mix: dict[str, float], count: int) -> list[str]:
 
 # ---------------------------------------------------------------------------------------- requests
 
+MAX_BACKOFF_S = 10.0  # a Retry-After longer than this is not waited out in full
+
+
+def refused(kind: str, response: httpx.Response, latency: float) -> Outcome:
+    """A non-200 answer; a 429/503 carries the server's Retry-After (seconds) when it sends one."""
+    retry_after = None
+    if response.status_code in (429, 503):
+        try:
+            retry_after = min(MAX_BACKOFF_S, max(0.0, float(response.headers.get("retry-after", ""))))
+        except ValueError:
+            retry_after = None
+    return Outcome(kind, False, latency, str(response.status_code), retry_after_s=retry_after)
+
 
 @dataclass
 class Outcome:
@@ -118,6 +134,7 @@ class Outcome:
     ok: bool
     latency_s: float
     error: str | None = None
+    retry_after_s: float | None = None  # a refusal's Retry-After: the worker waits that long, as clients should
     pages: int = 0
     completion_tokens: int = 0
     ttft_s: float | None = None
@@ -147,7 +164,7 @@ async def send_ocr(target: Target, kind: str, document: Document) -> Outcome:
     )
     latency = time.perf_counter() - started
     if response.status_code != 200:
-        return Outcome(kind, False, latency, str(response.status_code))
+        return refused(kind, response, latency)
     body = response.json()
     return Outcome(
         kind, True, latency, pages=len(body.get("pages") or []) or 1,
@@ -172,7 +189,7 @@ async def send_chat(target: Target, document: Document) -> Outcome:
     response = await target.client.post("/v1/chat/completions", json=chat_body(target, document, False))
     latency = time.perf_counter() - started
     if response.status_code != 200:
-        return Outcome("chat", False, latency, str(response.status_code))
+        return refused("chat", response, latency)
     return Outcome("chat", True, latency, pages=1, completion_tokens=response.json()["usage"]["completion_tokens"])
 
 
@@ -185,7 +202,7 @@ async def send_stream(target: Target, document: Document) -> Outcome:
     async with target.client.stream("POST", "/v1/chat/completions", json=chat_body(target, document, True)) as response:
         if response.status_code != 200:
             await response.aread()
-            return Outcome("stream", False, time.perf_counter() - started, str(response.status_code))
+            return refused("stream", response, time.perf_counter() - started)
         async for line in response.aiter_lines():
             if not line.startswith("data:"):
                 continue
@@ -312,7 +329,10 @@ async def run_level(
                 return
             index = issued
             issued += 1
-            outcomes.append(await send(target, kinds[index % len(kinds)], index))
+            outcome = await send(target, kinds[index % len(kinds)], index)
+            outcomes.append(outcome)
+            if outcome.retry_after_s:  # refused under overload: back off as told instead of hammering
+                await asyncio.sleep(outcome.retry_after_s)
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     level = summarize(concurrency, outcomes, time.perf_counter() - started)

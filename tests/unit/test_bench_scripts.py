@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -172,3 +173,32 @@ def test_overhead_smoke(tmp_path):
             assert all(positive(summary[path][key]) for key in ("p50_ms", "p95_ms", "requests_per_s", "output_tokens_per_s"))
         assert positive(summary["ratio_p50_latency_http_over_in_process"])
         assert positive(summary["ratio_throughput_http_over_in_process"])
+
+
+def test_load_generator_backs_off_as_refusals_say():
+    """bench/load.py: a worker refused with 503 + Retry-After waits that long before its next request,
+    and the refusal is counted as an error of its status, not dropped."""
+    import asyncio
+
+    import httpx
+
+    from bench import load
+
+    sent_at: list[float] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent_at.append(time.perf_counter())
+        if len(sent_at) == 1:
+            return httpx.Response(503, headers={"retry-after": "0.5"}, json={"error": {"code": "overloaded"}})
+        body = {"pages": [{}], "usage": {"completion_tokens": 3}, "timings_ms": {"decode": 1.0}}
+        return httpx.Response(200, json=body)
+
+    async def run() -> dict:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(answer), base_url="http://ocr") as client:
+            target = load.Target(client, 8, [], documents=[load.Document("a.png", b"x", "image/png")])
+            return await load.run_level(target, ["text"], concurrency=1, requests=3)
+
+    level = asyncio.run(run())
+    assert (level["ok"], level["errors"]) == (2, {"503": 1})
+    assert sent_at[1] - sent_at[0] >= 0.5  # waited out the Retry-After
+    assert sent_at[2] - sent_at[1] < 0.5  # but not after a success
