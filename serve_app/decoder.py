@@ -15,7 +15,7 @@ from ray import serve
 from serve_app.config import OCRAppConfig, RepetitionGuardConfig
 from serve_app.engines import DecoderEngine, load_engine_class
 from serve_app.engines.base import collect
-from serve_app.errors import EngineStoppedError
+from serve_app.errors import EngineStoppedError, quiet_client_error_logs
 from serve_app.metrics import DecoderMetrics
 from serve_app.model_files import resolve_model_path
 from serve_app.repetition import clean_repeated_tail, repeated_tail
@@ -66,6 +66,7 @@ def clean_result(result: DecodeResult, guard: RepetitionGuardConfig) -> DecodeRe
 class Decoder:
     async def __init__(self, config: OCRAppConfig, engine_class: type[DecoderEngine] | None = None):
         config.decoder.apply_cpu_nice()  # before the engine starts, so its processes inherit it
+        quiet_client_error_logs()
         # `engine_class` lets tests inject an engine; production picks it from `decoder.engine`.
         engine_name = "pp_ocr" if config.model.family == "pp_ocr" else config.decoder.engine
         engine_class = engine_class or load_engine_class(engine_name)

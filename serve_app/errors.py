@@ -7,6 +7,7 @@ Raised in any stage; Ray re-raises them in the ingress as subclasses of the same
 
 from __future__ import annotations
 
+import logging
 import math
 
 
@@ -98,6 +99,32 @@ class RequestTimeoutError(OCRServiceError):
 class EngineError(OCRServiceError):
     status_code = 500
     error_type = "engine_error"
+
+
+class ClientErrorLogFilter(logging.Filter):
+    """Ray Serve logs every exception a replica method raises as "Request failed." with its traceback, at
+    ERROR. For a 4xx (an unreadable image, a bad parameter: the caller's mistake, already answered with
+    a JSON error) that is ~40 lines of alarm per bad upload. This filter turns such a record into one
+    INFO line with the status and error type. Not the message: it may quote what the caller sent.
+    Server-side errors (5xx, anything not ours) keep their tracebacks."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, OCRServiceError) and error.status_code < 500 and record.msg == "Request failed.":
+            record.msg, record.args = "Request refused with %d %s (the caller got the error).", (
+                error.status_code,
+                error.error_type,
+            )
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def quiet_client_error_logs(logger_name: str = "ray.serve") -> None:
+    """Install ClientErrorLogFilter on Ray Serve's logger in this process (once); called by each stage."""
+    logger = logging.getLogger(logger_name)
+    if not any(isinstance(existing, ClientErrorLogFilter) for existing in logger.filters):
+        logger.addFilter(ClientErrorLogFilter())
 
 
 def _causes(error: BaseException) -> list[BaseException]:

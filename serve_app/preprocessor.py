@@ -10,7 +10,7 @@ import numpy as np
 from ray import serve
 
 from serve_app.config import OCRAppConfig
-from serve_app.errors import InvalidRequestError
+from serve_app.errors import InvalidRequestError, quiet_client_error_logs
 from serve_app.hunyuan_vl import image_to_patches
 from serve_app.documents import pdf_page_count, render_page
 from serve_app.metrics import PreprocessorMetrics
@@ -104,6 +104,7 @@ class PixelPreparer:
 class Preprocessor:
     def __init__(self, config: OCRAppConfig):
         config.preprocessor.apply_cpu_nice()
+        quiet_client_error_logs()  # a bad upload is one INFO line in this replica's log, not a traceback
         self.config = config
         if config.model.family == "pp_ocr":
             self.preparer = PixelPreparer(config)

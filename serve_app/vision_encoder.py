@@ -10,6 +10,7 @@ import numpy as np
 from ray import serve
 
 from serve_app.config import OCRAppConfig
+from serve_app.errors import quiet_client_error_logs
 from serve_app.hunyuan_vl import encode_images, load_vision_tower, resolve_device
 from serve_app.metrics import EncoderMetrics
 from serve_app.model_files import resolve_model_path
@@ -68,6 +69,7 @@ class TextDetectionEncoder:
 class VisionEncoder:
     def __init__(self, config: OCRAppConfig):
         config.encoder.apply_cpu_nice()
+        quiet_client_error_logs()
         family_encoder = TextDetectionEncoder if config.model.family == "pp_ocr" else VisionTowerEncoder
         self.encoder = family_encoder(config)
         self.encode_batch.set_max_batch_size(config.encoder.max_batch_size)

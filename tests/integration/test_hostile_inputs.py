@@ -18,6 +18,7 @@ import struct
 import zipfile
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -450,3 +451,16 @@ def test_exotic_image_over_the_chat_api(served):
         assert response.headers["content-type"].startswith("text/event-stream")
         lines = [line for line in response.iter_lines() if line.startswith("data: ")]
     assert lines[-1] == "data: [DONE]"
+
+
+def test_refused_inputs_leave_one_line_each_in_the_stage_logs(served):
+    """After the corpus above: the preprocessors' logs say a request was refused in one line, with no
+    traceback (Ray Serve logs one of ~40 lines for every exception a stage raises)."""
+    import ray
+
+    response = httpx.post(f"{BASE_URL}{VLLM}/ocr", content=b"not an image", timeout=TIMEOUT)
+    assert response.status_code == 400
+    serve_logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs" / "serve"
+    text = "\n".join(path.read_text(errors="replace") for path in serve_logs.glob("replica_*_Preprocessor_*.log"))
+    assert "Request refused with 400 invalid_image" in text
+    assert "Traceback" not in text

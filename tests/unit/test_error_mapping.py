@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
+import pytest
 from ray import exceptions as ray_exceptions
 from ray.serve import exceptions as serve_exceptions
 
-from serve_app.errors import InvalidImageError, as_service_error
+from serve_app.errors import EngineStoppedError, InvalidImageError, as_service_error, quiet_client_error_logs
 
 
 def test_an_upstream_replica_death_is_retriable():
@@ -34,3 +37,30 @@ def test_timeouts_and_unknown_errors():
     assert as_service_error(TimeoutError()).status_code == 504
     unknown = as_service_error(RuntimeError("secret document text"))
     assert unknown.status_code == 500 and "secret" not in unknown.message
+
+
+@pytest.mark.parametrize(
+    ("error", "level", "traceback"),
+    [
+        (InvalidImageError("The body is not an image: 'secret words'."), logging.INFO, False),  # the caller's
+        (EngineStoppedError("The decoder engine stopped."), logging.ERROR, True),  # ours: 503
+        (RuntimeError("CUDA error"), logging.ERROR, True),  # not an API error at all
+    ],
+)
+def test_a_refused_request_is_one_line_in_the_replica_log(caplog, error, level, traceback):
+    # What Ray Serve's replica does for any exception a stage method raises.
+    logger = logging.getLogger("ray.serve.test-stage")
+    quiet_client_error_logs(logger.name)
+    quiet_client_error_logs(logger.name)  # each stage calls it; one filter is enough
+    assert len(logger.filters) == 1
+    with caplog.at_level(logging.DEBUG, logger.name):
+        try:
+            raise error
+        except Exception:
+            logger.exception("Request failed.")
+    (record,) = caplog.records
+    assert record.levelno == level
+    assert (record.exc_info is not None) is traceback
+    if not traceback:
+        assert record.getMessage() == "Request refused with 400 invalid_image (the caller got the error)."
+        assert "secret" not in caplog.text and "Traceback" not in caplog.text
