@@ -116,3 +116,19 @@ def test_soak_smoke(served, images, tmp_path):
     assert set(report["stages"]) == {"Preprocessor", "VisionEncoder", "Decoder", "OCRIngress"}
     assert all(stage["end_mib"] > 0 for stage in report["stages"].values())
     assert len(report["samples"]) >= 3 and json.loads(out.read_text())["requests"] == report["requests"]
+
+
+def test_stage_cpu_smoke(served, images, tmp_path):
+    out = tmp_path / "stage_cpu.json"
+    report = _module("stage_cpu").main([
+        "--url", f"{BASE_URL}{ROUTES['vllm']}", "--app", "vllm", "--images", str(images), "--concurrency", "2",
+        "--duration", "3", "--max-tokens", "4", "--warmup", "1", "--out", str(out),
+    ])
+    assert json.loads(out.read_text()) == report
+    assert report["requests_ok"] > 0 and report["errors"] == {}
+    groups = report["by_group"]
+    # Every stage's replica, vLLM's processes under the Decoder, and Ray's own processes are there.
+    assert {"Preprocessor", "VisionEncoder", "Decoder", "Decoder children", "OCRIngress", "Ray proxy", "raylet"} <= set(groups)
+    for stage in ("Preprocessor", "VisionEncoder", "Decoder children", "OCRIngress"):
+        assert groups[stage]["ms_per_request"] > 0, stage  # each did work for every request
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
