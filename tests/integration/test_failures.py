@@ -44,9 +44,14 @@ def replica_pid(deployment: str) -> int:
 
 
 def engine_core_pid(decoder_pid: int) -> int:
-    children = psutil.Process(decoder_pid).children(recursive=True)
+    """vLLM titles its engine core process "VLLM::EngineCore"; where that title is not visible (seen once in
+    CI), the engine core is the decoder's one direct child that has a child of its own (the worker)."""
+    decoder = psutil.Process(decoder_pid)
+    children = decoder.children(recursive=True)
     cores = [child.pid for child in children if "EngineCore" in " ".join([child.name(), *child.cmdline()])]
-    assert len(cores) == 1, [(child.pid, child.name()) for child in children]
+    if not cores:
+        cores = [child.pid for child in decoder.children() if child.children()]
+    assert len(cores) == 1, [(child.pid, child.name(), child.cmdline()[:3]) for child in children]
     return cores[0]
 
 
