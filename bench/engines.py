@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.overhead import run_load  # noqa: E402
+from bench.stage_memory import stage_processes  # noqa: E402
 from bench.split_vs_fused import (  # noqa: E402
     DEFAULT_IMAGES,
     INSTRUCTION,
@@ -395,7 +396,6 @@ async def worker(args) -> dict:
 
 # --------------------------------------------------------------------------------------------- served
 
-DECODER_REPLICA = "ServeReplica:ocr:Decoder"  # in the command line (process title) of the Decoder's replicas
 SERVED_NOTES = [
     "Each engine serves the whole graph of the same config (decoder.engine set; engine_args dropped for "
     "transformers), one after the other on one Ray Serve instance, the same pages POSTed to /ocr.",
@@ -419,14 +419,10 @@ def with_decoder_engine(config, engine: str):
 
 
 def decoder_replicas() -> list:
-    import psutil
-
-    found = []
-    for process in psutil.process_iter(["cmdline"]):
-        if DECODER_REPLICA in " ".join(process.info["cmdline"] or []):
-            found.append(process)
+    """The served app's Decoder replica processes (Ray names them `ray::ServeReplica:ocr:Decoder`)."""
+    found = stage_processes("ocr").get("Decoder", [])
     if not found:
-        raise SystemExit(f"no process with {DECODER_REPLICA!r} in its command line: cannot measure its memory")
+        raise SystemExit("no Decoder replica process of app 'ocr' on this machine: cannot measure its memory")
     return found
 
 
