@@ -10,6 +10,7 @@ import math
 import struct
 import warnings
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -25,6 +26,9 @@ Image.MAX_IMAGE_PIXELS = None
 
 EXIF_ORIENTATION_TAG = 0x0112
 RESAMPLE = Image.Resampling.BICUBIC  # what HunYuanVL's image processor resizes with
+# A resize to at least this many pixels is split into horizontal bands resized on parallel threads (Pillow
+# releases the GIL while it resamples); below it the threads' overhead outweighs the gain.
+PARALLEL_MIN_PIXELS = 1 << 20
 MAX_ASPECT_RATIO = 200  # HunYuanVL's smart_resize refuses more elongated images
 # Only these decoders ever see untrusted bytes (not EPS, which would run Ghostscript, nor PSD, ICO, ...).
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
@@ -220,11 +224,44 @@ def fit_to_budget(image: Image.Image, factor: int, min_pixels: int, max_pixels: 
     return image.resize(target, RESAMPLE)
 
 
-def fit_decoded(decoded: DecodedImage, factor: int, min_pixels: int, max_pixels: int) -> Image.Image:
+def fit_decoded(
+    decoded: DecodedImage, factor: int, min_pixels: int, max_pixels: int, pool: Executor | None = None, bands: int = 1
+) -> Image.Image:
     """fit_to_budget for a decoded image: the target comes from the full-resolution size, so an image
-    decoded at reduced size gets exactly the model input size (and grid) it would have got in full."""
+    decoded at reduced size gets exactly the model input size (and grid) it would have got in full.
+    With a `pool`, a large resize runs as `bands` horizontal bands on its threads (resize_in_bands)."""
     target = budget_size(decoded.oriented_size, factor, min_pixels, max_pixels)
     image = decoded.image
     if target == image.size and decoded.region is None:
         return image
+    if pool is not None and bands > 1 and target[0] * target[1] >= PARALLEL_MIN_PIXELS:
+        return resize_in_bands(image, target, decoded.region, pool, bands)
     return image.resize(target, RESAMPLE, box=decoded.region)
+
+
+def resize_in_bands(
+    image: Image.Image,
+    size: tuple[int, int],
+    box: tuple[float, float, float, float] | None,
+    pool: Executor,
+    bands: int,
+) -> Image.Image:
+    """image.resize(size, RESAMPLE, box=box), computed as `bands` horizontal bands of the output on `pool`'s
+    threads. Each band's source box is its share of `box`, and Pillow's filter still reads the rows around
+    it from the whole image, so the pixels are the same up to float rounding of the band edges: a value can
+    differ by 1/255 (none at 2 bands for 4000x3000 -> 2336x1760; 0.06% of them at 3 bands). That resize
+    takes 128 -> 67 ms on 2 threads."""
+    width, height = size
+    bands = max(1, min(bands, height))
+    left, top, right, bottom = box if box is not None else (0.0, 0.0, float(image.width), float(image.height))
+    step = (bottom - top) / height  # source rows per output row
+    edges = [height * band // bands for band in range(bands + 1)]
+
+    def resize_band(band: int) -> Image.Image:
+        first, last = edges[band], edges[band + 1]
+        return image.resize((width, last - first), RESAMPLE, box=(left, top + first * step, right, top + last * step))
+
+    resized = Image.new(image.mode, size)
+    for band, part in enumerate(pool.map(resize_band, range(bands))):
+        resized.paste(part, (0, edges[band]))
+    return resized

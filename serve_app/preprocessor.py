@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from ray import serve
@@ -37,6 +38,11 @@ class ImagePreparer:
             budget_size, factor=self.resize_factor, min_pixels=config.model.min_pixels, max_pixels=config.model.max_pixels
         )
         self.reserved_tokens = [token for token in self.processor.tokenizer.all_special_tokens if token]
+        # A big photo is resized in bands on these threads (the same pixels up to rounding).
+        self.image_threads = config.preprocessor.image_threads
+        self.image_pool = (
+            ThreadPoolExecutor(self.image_threads, thread_name_prefix="image-bands") if self.image_threads > 1 else None
+        )
 
     def build_prompt(self, instruction: str) -> str:
         # A special token typed into the instruction (an image placeholder, a turn marker) would change
@@ -55,8 +61,9 @@ class ImagePreparer:
     def prepare_decoded(self, decoded: DecodedImage, instruction: str, started: float) -> PreparedImage:
         # The target size comes from the full-resolution size: the same model input (and grid) whether
         # or not the JPEG was decoded at reduced size.
+        model = self.config.model
         model_image = fit_decoded(
-            decoded, self.resize_factor, self.config.model.min_pixels, self.config.model.max_pixels
+            decoded, self.resize_factor, model.min_pixels, model.max_pixels, self.image_pool, self.image_threads
         )
         # Already at the model input size, so the processor would only normalise and patchify: done
         # here in two passes instead of its five (same values to float32 rounding, 12-16x less CPU).

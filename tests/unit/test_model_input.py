@@ -10,6 +10,7 @@ from transformers import AutoProcessor
 
 from serve_app.config import OCRAppConfig
 from serve_app.hunyuan_vl import image_to_patches
+from serve_app.images import PARALLEL_MIN_PIXELS
 from serve_app.preprocessor import ImagePreparer
 from tests.conftest import make_image, to_bytes
 
@@ -67,3 +68,20 @@ def test_prepare_gives_the_processors_model_input(tiny_checkpoint, image_process
     expected_pixels, expected_grid = _reference(image_processor, page)
     np.testing.assert_array_equal(prepared.image_grid_thw, expected_grid)
     np.testing.assert_allclose(prepared.pixel_values, expected_pixels, rtol=0, atol=2e-6)
+
+
+def test_prepare_with_image_threads_gives_the_same_model_input(tiny_checkpoint, image_processor):
+    # A photo whose model input is over 1 MP takes the banded path with threads; one thread must agree.
+    budget = {"min_pixels": 512 * 512, "max_pixels": 1536 * 1536}
+    data = to_bytes(make_image(2400, 1800), "JPEG", quality=90)
+    prepared = {}
+    for threads in (1, 2):
+        config = OCRAppConfig.model_validate({"model": budget, "preprocessor": {"image_threads": threads}})
+        prepared[threads] = ImagePreparer(config, str(tiny_checkpoint)).prepare(data, "x")
+    assert prepared[2].model_size[0] * prepared[2].model_size[1] >= PARALLEL_MIN_PIXELS
+    np.testing.assert_array_equal(prepared[2].image_grid_thw, prepared[1].image_grid_thw)
+    # At most one level of 255 apart (the banded resize's rounding, tests/unit/test_images.py), on few values.
+    one_level = 1 / 255 / min(image_processor.image_std)
+    diff = np.abs(prepared[2].pixel_values - prepared[1].pixel_values)
+    assert diff.max() <= one_level + 1e-5
+    assert np.count_nonzero(diff) / diff.size < 1e-3
