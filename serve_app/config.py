@@ -192,6 +192,13 @@ class DecoderConfig(StageConfig):
         default_factory=dict,
         description="vLLM AsyncEngineArgs fields (checked against vLLM when the app is built).",
     )
+    cpu_worker_in_engine_core: bool = Field(
+        True, description="vLLM's CPU build only: run the model worker inside vLLM's engine-core process (its UniProc "
+        "executor) instead of a process of its own. The engine core busy-waits on that process's results (and the "
+        "worker on its next step) for up to 1 s, spinning on a core the other stages need: on 2 cores that was half of "
+        "vLLM's CPU per request (bench/stage_cpu.py). Off: vLLM's default MP executor with its OpenMP thread binding. "
+        "No effect on GPU."
+    )
 
 
 class IngressConfig(StageConfig):

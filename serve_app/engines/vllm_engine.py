@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import difflib
 import logging
+import os
 import subprocess
 import time
 import uuid
@@ -115,6 +116,7 @@ class VLLMEngine(DecoderEngine):
         engine_args = dict(self.engine_args)
         if isinstance(engine_args.get("structured_outputs_config"), dict):
             engine_args["structured_outputs_config"] = StructuredOutputsConfig(**engine_args["structured_outputs_config"])
+        self._choose_cpu_executor()
         children_before = child_pids()
         try:
             self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args), stat_loggers=_ray_stat_loggers())
@@ -130,6 +132,15 @@ class VLLMEngine(DecoderEngine):
         self._image_token = self._llm.get_tokenizer().convert_ids_to_tokens(hf_config.image_token_id)
         self._guard = guard_children(children_before)  # vLLM's processes: stopped even if we are killed
         logger.info("vLLM engine started in %.1f s", time.perf_counter() - started)
+
+    def _choose_cpu_executor(self) -> None:
+        """vLLM's CPU platform swaps its one-process UniProc executor for the MP one (a separate worker process)
+        unless VLLM_ENABLE_V1_MULTIPROCESSING is "0". AsyncLLM still runs its engine core in a process of its own
+        either way; the variable only keeps the worker inside it (decoder.cpu_worker_in_engine_core)."""
+        from vllm.platforms import current_platform
+
+        if current_platform.is_cpu():  # the setting is read when the engine's config is made, in this process
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if self.decoder.cpu_worker_in_engine_core else "1"
 
     def _engine(self):
         if self._llm is None:

@@ -45,12 +45,13 @@ def replica_pid(deployment: str) -> int:
 
 def engine_core_pid(decoder_pid: int) -> int:
     """vLLM titles its engine core process "VLLM::EngineCore"; where that title is not visible (seen once in
-    CI), the engine core is the decoder's one direct child that has a child of its own (the worker)."""
+    CI), the engine core is the decoder's one direct child started by multiprocessing's spawn (the others are
+    multiprocessing's resource tracker and our engine guard)."""
     decoder = psutil.Process(decoder_pid)
     children = decoder.children(recursive=True)
     cores = [child.pid for child in children if "EngineCore" in " ".join([child.name(), *child.cmdline()])]
     if not cores:
-        cores = [child.pid for child in decoder.children() if child.children()]
+        cores = [child.pid for child in decoder.children() if "spawn_main" in " ".join(child.cmdline())]
     assert len(cores) == 1, [(child.pid, child.name(), child.cmdline()[:3]) for child in children]
     return cores[0]
 

@@ -238,6 +238,31 @@ def test_engine_args_validation(configs, tiny_checkpoint):
         validate_engine_args({"dtype": "float16"})
 
 
+def test_the_cpu_engine_runs_its_worker_inside_the_engine_core(engine):
+    """decoder.cpu_worker_in_engine_core (default on): vLLM's UniProc executor, so no worker process that the
+    engine core would busy-wait on (half of vLLM's CPU per request on 2 cores)."""
+    import psutil
+
+    assert engine.decoder.cpu_worker_in_engine_core
+    assert engine._llm.vllm_config.parallel_config.distributed_executor_backend == "uni"
+    [core] = [p for p in psutil.Process().children() if "EngineCore" in " ".join(p.cmdline() + [p.name()])]
+    workers = [p for p in core.children(recursive=True) if "Worker" in " ".join(p.cmdline() + [p.name()])]
+    assert workers == []
+
+
+@pytest.mark.parametrize("worker_in_engine_core,backend", [(True, "uni"), (False, "mp")])
+def test_cpu_executor_follows_the_config(tiny_checkpoint, configs, monkeypatch, worker_in_engine_core, backend):
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")  # whatever the engine sets, restored afterwards
+    model, decoder = configs
+    decoder = decoder.model_copy(update={"cpu_worker_in_engine_core": worker_in_engine_core})
+    engine = VLLMEngine(model, decoder, str(tiny_checkpoint))
+    engine._choose_cpu_executor()
+    vllm_config = AsyncEngineArgs(**engine.engine_args).create_engine_config()
+    assert vllm_config.parallel_config.distributed_executor_backend == backend
+
+
 def test_check_health_raises_once_the_engine_core_dies(engine, loop):
     """Runs last: kills the module's engine core process, as a crash (OOM kill, segfault) would."""
     import psutil
