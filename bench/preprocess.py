@@ -12,11 +12,11 @@ with text, for each pixel budget:
            default, 2), the same pixels as in one piece up to rounding
 
 Runs alternate (old, draft, old, draft, ...: the machine's speed drifts) and the medians of wall time (the
-latency; the speed-up the plot shows) and of CPU time (all threads: the cost) are compared, for the whole preparation (bytes -> pixel_values) and
-for decode + resize alone. Quality: the two model inputs must have the same size and grid; their
-difference is reported as mean/max abs difference of pixel_values (normalised units) and of the resized
-RGB image (0..255), and PSNR of the latter; for scale, the PSNR between bicubic and Lanczos resizes of
-the full decode (a change of filter nobody would call a loss of quality).
+latency; the speed-up the plot shows) and of CPU time (all threads: the cost) are compared, for the whole
+preparation (bytes -> pixel_values) and for decode + resize alone. Quality: the two model inputs must have
+the same size and grid; their difference is reported as mean/max abs difference of pixel_values (normalised
+units) and of the resized RGB image (0..255), and PSNR of the latter; for scale, the PSNR between bicubic
+and Lanczos resizes of the full decode (a change of filter nobody would call a loss of quality).
 
 Budgets: "real" is the HunyuanOCR default (min/max_pixels 512*512 / 2048*2048), "cpu" is configs/cpu.yaml
 (128*128 / 512*512). A JPEG is only drafted when 1.5x the model input (serve_app.images.DRAFT_GAP) is

@@ -238,14 +238,20 @@ def test_engine_args_validation(configs, tiny_checkpoint):
         validate_engine_args({"dtype": "float16"})
 
 
+def _own_engine_cores() -> list:
+    """vLLM engine cores that are this process's own children. The session's Ray (started by this process too)
+    runs the served graphs' decoders, whose engine cores are further down the tree and are not ours."""
+    import psutil
+
+    return [p for p in psutil.Process().children() if "EngineCore" in " ".join(p.cmdline() + [p.name()])]
+
+
 def test_the_cpu_engine_runs_its_worker_inside_the_engine_core(engine):
     """decoder.cpu_worker_in_engine_core (default on): vLLM's UniProc executor, so no worker process that the
     engine core would busy-wait on (half of vLLM's CPU per request on 2 cores)."""
-    import psutil
-
     assert engine.decoder.cpu_worker_in_engine_core
     assert engine._llm.vllm_config.parallel_config.distributed_executor_backend == "uni"
-    [core] = [p for p in psutil.Process().children() if "EngineCore" in " ".join(p.cmdline() + [p.name()])]
+    [core] = _own_engine_cores()
     workers = [p for p in core.children(recursive=True) if "Worker" in " ".join(p.cmdline() + [p.name()])]
     assert workers == []
 
@@ -265,12 +271,9 @@ def test_cpu_executor_follows_the_config(tiny_checkpoint, configs, monkeypatch, 
 
 def test_check_health_raises_once_the_engine_core_dies(engine, loop):
     """Runs last: kills the module's engine core process, as a crash (OOM kill, segfault) would."""
-    import psutil
     from vllm.v1.engine.exceptions import EngineDeadError
 
-    # This process's own children only: the session's Ray (started by this process too) runs the served
-    # graphs' decoders, whose engine cores are further down the tree and must not be killed here.
-    cores = [p for p in psutil.Process().children() if "EngineCore" in " ".join(p.cmdline() + [p.name()])]
+    cores = _own_engine_cores()  # not the served graphs' engine cores: they must not be killed here
     assert len(cores) == 1, cores
     cores[0].kill()
 
