@@ -179,7 +179,9 @@ def prepare_inputs(config, model_path: str, pages: list[bytes], work: Path) -> d
     tower = load_vision_tower(model_path, config.model.dtype, resolve_device(config.model.device))
     distinct = list(dict.fromkeys(pages))
     prepared = [preparer.prepare(payload, INSTRUCTION) for payload in distinct]
-    embeddings = encode_images(tower, [p.pixel_values for p in prepared], [p.image_grid_thw for p in prepared])
+    embeddings = encode_images(
+        tower, [p.pixels for p in prepared], [p.image_grid_thw for p in prepared], preparer.normalization
+    )
     arrays = {}
     for index, (item, emb) in enumerate(zip(prepared, embeddings)):
         arrays[f"embeddings_{index}"] = emb

@@ -443,7 +443,9 @@ def measure_vision_activation(pipeline, app) -> dict:
 
     side = int(math.isqrt(app.model.max_pixels)) // 32 * 32
     grid = np.array([1, side // 16, side // 16], dtype=np.int64)
-    pixels = np.random.default_rng(0).standard_normal((int(np.prod(grid)), 3 * 16 * 16)).astype(np.float32)
+    # 8-bit patches, normalised on the device: what the VisionEncoder gets from the Preprocessor.
+    pixels = np.random.default_rng(0).integers(0, 256, (int(np.prod(grid)), 3 * 16 * 16), dtype=np.uint8)
+    normalization = pipeline.preparer.normalization
     measured = {}
     for batch in sorted({1, app.encoder.max_batch_size}):
         torch.cuda.synchronize()
@@ -451,7 +453,7 @@ def measure_vision_activation(pipeline, app) -> dict:
         before = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
         started = time.perf_counter()
-        encode_images(pipeline.tower, [pixels] * batch, [grid] * batch)
+        encode_images(pipeline.tower, [pixels] * batch, [grid] * batch, normalization)
         torch.cuda.synchronize()
         measured[str(batch)] = {
             "peak_gib": (torch.cuda.max_memory_allocated() - before) / GIB,

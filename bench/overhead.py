@@ -83,7 +83,7 @@ class InProcessPipeline:
 
         prepared = await asyncio.to_thread(self.preparer.prepare, payload, self.config.default_instruction)
         [embeddings] = await asyncio.to_thread(
-            self.encode_images, self.tower, [prepared.pixel_values], [prepared.image_grid_thw]
+            self.encode_images, self.tower, [prepared.pixels], [prepared.image_grid_thw], prepared.normalization
         )
         result = await self.engine.generate(
             DecodeRequest(

@@ -185,7 +185,11 @@ class BatchingEncoder:
             started = time.perf_counter()
             try:
                 embeddings = await asyncio.to_thread(
-                    encode_images, self.tower, [p.pixel_values for p in items], [p.image_grid_thw for p in items]
+                    encode_images,
+                    self.tower,
+                    [p.pixels for p in items],
+                    [p.image_grid_thw for p in items],
+                    items[0].normalization,
                 )
             except Exception as error:  # noqa: BLE001 - every waiter gets the failure
                 for _, future in batch:

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from serve_app.stage_io import PixelNormalization
+
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 # Key prefixes of vision tower tensors, most specific first. transformers saves `model.vision_tower.*`;
@@ -170,15 +172,14 @@ def load_vision_tower(model_path: str, dtype: torch.dtype, device: str) -> torch
 # --------------------------------------------------------------------------------------------- model input
 
 
-def image_to_patches(image, image_processor) -> tuple[np.ndarray, np.ndarray]:
-    """An RGB image already at the model's input size -> (pixel_values, image_grid_thw), the same arrays
-    as HunYuanVL's image processor, in two passes over the output instead of its five.
+def image_to_patch_pixels(image, image_processor) -> tuple[np.ndarray, np.ndarray]:
+    """An RGB image already at the model's input size -> (8-bit patches, image_grid_thw): HunYuanVL's
+    image processor's patch layout before normalisation (PixelNormalization gives its float32 values).
 
-    The processor converts to float32, rescales, normalizes (each a full pass) and then copies into
-    the patch layout. Here the uint8 pixels move into the patch layout first (a quarter of the bytes),
-    and one multiply-add per element maps them to (x / 255 - mean) / std: 466 -> 37 ms for a 2336x1760
-    model input, 20 -> 1.2 ms for 576x416 (2 cores). Values agree to float32 rounding.
-    (Both passes are memory-bound: splitting them over 2 threads saved 2 of 21 ms, so they stay in one.)"""
+    Moving the uint8 pixels into the patch layout first moves a quarter of the bytes, and the
+    normalisation is then one multiply-add per element: with it, 466 -> 37 ms for a 2336x1760 model input
+    against the processor's five passes, 20 -> 1.2 ms for 576x416 (2 cores). (Memory-bound: splitting it
+    over 2 threads saved 2 of 21 ms, so it stays in one.)"""
     patch = int(image_processor.patch_size)
     merge = int(image_processor.merge_size)
     temporal = int(getattr(image_processor, "temporal_patch_size", 1) or 1)
@@ -192,27 +193,18 @@ def image_to_patches(image, image_processor) -> tuple[np.ndarray, np.ndarray]:
     # (H, W, C) -> (grid_h, patch, grid_w, patch, C) -> (grid_h, grid_w, C, patch, patch): patches in raster
     # order, each channel-major, as the processor lays them out (its merge_size axes keep raster order).
     blocks = pixels.reshape(grid_h, patch, grid_w, patch, channels).transpose(0, 2, 4, 1, 3)
-    patches = np.ascontiguousarray(blocks).reshape(grid_h * grid_w, channels, 1, patch * patch)
-    scale, offset = _normalization(image_processor)
-    out = np.empty((grid_h * grid_w, channels, temporal, patch * patch), dtype=np.float32)
-    # One ufunc pass: uint8 * float32 -> float32 straight into the output (temporal copies broadcast).
-    np.multiply(patches, scale, out=out)
-    out += offset
+    patches = np.empty((grid_h, grid_w, channels, temporal, patch, patch), dtype=np.uint8)
+    patches[...] = blocks[:, :, :, None]  # the processor repeats a still image over its temporal patch
     grid = np.array([1, grid_h, grid_w], dtype=np.int64)
-    return out.reshape(grid_h * grid_w, channels * temporal * patch * patch), grid
+    return patches.reshape(grid_h * grid_w, channels * temporal * patch * patch), grid
 
 
-def _normalization(image_processor) -> tuple[np.ndarray, np.ndarray]:
-    """(scale, offset) per channel with x * scale + offset == (x * rescale_factor - mean) / std."""
-    rescale = float(image_processor.rescale_factor) if image_processor.do_rescale else 1.0
-    if image_processor.do_normalize:
-        mean = np.asarray(image_processor.image_mean, dtype=np.float64)
-        std = np.asarray(image_processor.image_std, dtype=np.float64)
-    else:
-        mean, std = np.zeros(3), np.ones(3)
-    scale = (rescale / std).astype(np.float32).reshape(1, 3, 1, 1)
-    offset = (-mean / std).astype(np.float32).reshape(1, 3, 1, 1)
-    return scale, offset
+def image_to_patches(image, image_processor) -> tuple[np.ndarray, np.ndarray]:
+    """An RGB image already at the model's input size -> (pixel_values, image_grid_thw), the same float32
+    arrays as HunYuanVL's image processor (to float32 rounding), in two passes over the output instead of
+    its five."""
+    patches, grid = image_to_patch_pixels(image, image_processor)
+    return PixelNormalization.of(image_processor).apply(patches), grid
 
 
 # --------------------------------------------------------------------------------------------- encoding
@@ -222,10 +214,13 @@ def encode_images(
     vision_tower: torch.nn.Module,
     pixel_values: Sequence[np.ndarray],
     image_grid_thw: Sequence[np.ndarray],
+    normalization: PixelNormalization | None = None,
 ) -> list[np.ndarray]:
     """Run all images through the vision tower in one call; return per-image float32 embeddings.
 
-    `pixel_values[i]` is (t*h*w, 3*16*16) from the image processor and `image_grid_thw[i]` is (t, h, w).
+    `pixel_values[i]` is (t*h*w, 3*16*16) and `image_grid_thw[i]` is (t, h, w). Without `normalization` the
+    pixels are the image processor's float32 values; with it, 8-bit patches (image_to_patch_pixels),
+    normalised here on the tower's device.
     Each result is (image_token_count(grid_i), text_hidden_size). Attention in the tower is block-diagonal
     per image, so batching does not mix images.
     """
@@ -246,9 +241,17 @@ def encode_images(
 
     parameter = next(vision_tower.parameters())
     # np.concatenate makes one new contiguous, writable array (inputs may be read-only Ray buffers).
-    flat = np.concatenate([np.asarray(p, dtype=np.float32) for p in pixel_values], axis=0)
+    if normalization is None:
+        flat = np.concatenate([np.asarray(p, dtype=np.float32) for p in pixel_values], axis=0)
+    else:
+        if any(np.asarray(p).dtype != np.uint8 for p in pixel_values):
+            raise ValueError("pixels with a normalization must be 8-bit patches (uint8)")
+        flat = np.concatenate(pixel_values, axis=0)
     with torch.inference_mode():
-        pixels = torch.from_numpy(flat).to(device=parameter.device, dtype=parameter.dtype).contiguous()
+        pixels = torch.from_numpy(flat).to(device=parameter.device)
+        if normalization is not None:
+            pixels = normalization.apply_torch(pixels)
+        pixels = pixels.to(dtype=parameter.dtype).contiguous()
         grid_tensor = torch.from_numpy(grids).to(device=parameter.device)
         output = vision_tower(pixels, grid_thw=grid_tensor)
         features = output.pooler_output.squeeze(0)

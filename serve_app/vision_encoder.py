@@ -27,8 +27,11 @@ class VisionTowerEncoder:
 
     def encode(self, batch: list[PreparedImage]) -> list[ImageEmbeddings]:
         started = time.perf_counter()
+        normalization = batch[0].normalization  # one preprocessor config, so one normalisation per batch
+        if any(item.normalization != normalization for item in batch):
+            raise ValueError("images in one batch were prepared with different pixel normalisations")
         embeddings = encode_images(
-            self.tower, [item.pixel_values for item in batch], [item.image_grid_thw for item in batch]
+            self.tower, [item.pixels for item in batch], [item.image_grid_thw for item in batch], normalization
         )
         elapsed_ms = (time.perf_counter() - started) * 1000
         return [
@@ -57,7 +60,7 @@ class TextDetectionEncoder:
 
     def encode(self, batch: list[PreparedImage]) -> list[DetectedText]:
         started = time.perf_counter()
-        regions = [self.detector.detect(item.pixel_values) for item in batch]
+        regions = [self.detector.detect(item.pixels) for item in batch]
         elapsed_ms = (time.perf_counter() - started) * 1000
         return [DetectedText(regions=found, encode_ms=elapsed_ms, batch_size=len(batch)) for found in regions]
 

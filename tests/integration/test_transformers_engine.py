@@ -12,7 +12,7 @@ from PIL import Image
 from serve_app.config import DecoderConfig, ModelConfig
 from serve_app.engines.transformers_engine import TransformersEngine
 from serve_app.hunyuan_vl import encode_images, image_token_count, load_vision_tower, vision_key
-from serve_app.stage_io import DecodeRequest, ImageEmbeddings, SamplingOptions
+from serve_app.stage_io import DecodeRequest, ImageEmbeddings, PixelNormalization, SamplingOptions
 from tests.conftest import make_image
 
 pytestmark = pytest.mark.integration
@@ -134,6 +134,28 @@ def test_embeddings_equal_the_full_models_image_features(tower, full_model, pixe
                 torch.from_numpy(pixel_values), torch.from_numpy(np.asarray(grid)[None])
             ).pooler_output[0]
             np.testing.assert_array_equal(features.numpy(), ours)
+
+
+def test_eight_bit_patches_encode_to_the_processors_embeddings(tower, processor, images):
+    # What the served VisionEncoder gets from the Preprocessor: 8-bit patches of an image at the model input
+    # size, normalised on the tower's device. Embeddings must equal those of the processor's float32 pixels.
+    from serve_app.hunyuan_vl import image_to_patch_pixels
+    from serve_app.images import fit_to_budget
+
+    image_processor = processor.image_processor
+    factor = image_processor.patch_size * image_processor.merge_size
+    budget = image_processor.size["shortest_edge"], image_processor.size["longest_edge"]
+    fitted = [fit_to_budget(image, factor, *budget) for image in images]
+    patches = [image_to_patch_pixels(image, image_processor) for image in fitted]
+    reference = [processor.image_processor(images=[image], return_tensors="np") for image in fitted]
+    normalization = PixelNormalization.of(image_processor)
+    ours = encode_images(tower, [p for p, _ in patches], [g for _, g in patches], normalization)
+    theirs = encode_images(tower, [r["pixel_values"] for r in reference], [r["image_grid_thw"][0] for r in reference])
+    for (_, grid), features, mine, expected in zip(patches, reference, ours, theirs):
+        np.testing.assert_array_equal(grid, features["image_grid_thw"][0])
+        np.testing.assert_allclose(mine, expected, rtol=0, atol=1e-5)  # the processor rounds in 5 passes, we in 2
+    with pytest.raises(ValueError, match="8-bit"):
+        encode_images(tower, [reference[0]["pixel_values"]], [patches[0][1]], normalization)
 
 
 def test_encode_rejects_mismatched_pixels(tower, pixels):

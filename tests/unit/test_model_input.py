@@ -1,5 +1,6 @@
 """The Preprocessor's model input is HunYuanVL's image processor output: same pixel_values (to float32
-rounding) and grid, from image_to_patches and from the whole prepare path."""
+rounding) and grid, from image_to_patches and from the whole prepare path (8-bit patches, normalised as
+the VisionEncoder does)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from PIL import Image
 from transformers import AutoProcessor
 
 from serve_app.config import OCRAppConfig
-from serve_app.hunyuan_vl import image_to_patches
+from serve_app.hunyuan_vl import image_to_patch_pixels, image_to_patches
 from serve_app.images import PARALLEL_MIN_PIXELS
 from serve_app.preprocessor import ImagePreparer
 from tests.conftest import make_image, to_bytes
@@ -67,7 +68,8 @@ def test_prepare_gives_the_processors_model_input(tiny_checkpoint, image_process
     prepared = preparer.prepare(to_bytes(page), "x")
     expected_pixels, expected_grid = _reference(image_processor, page)
     np.testing.assert_array_equal(prepared.image_grid_thw, expected_grid)
-    np.testing.assert_allclose(prepared.pixel_values, expected_pixels, rtol=0, atol=2e-6)
+    assert prepared.pixels.dtype == np.uint8 and prepared.pixels.shape == expected_pixels.shape
+    np.testing.assert_allclose(prepared.normalization.apply(prepared.pixels), expected_pixels, rtol=0, atol=2e-6)
 
 
 def test_prepare_with_image_threads_gives_the_same_model_input(tiny_checkpoint, image_processor):
@@ -81,7 +83,24 @@ def test_prepare_with_image_threads_gives_the_same_model_input(tiny_checkpoint, 
     assert prepared[2].model_size[0] * prepared[2].model_size[1] >= PARALLEL_MIN_PIXELS
     np.testing.assert_array_equal(prepared[2].image_grid_thw, prepared[1].image_grid_thw)
     # At most one level of 255 apart (the banded resize's rounding, tests/unit/test_images.py), on few values.
-    one_level = 1 / 255 / min(image_processor.image_std)
-    diff = np.abs(prepared[2].pixel_values - prepared[1].pixel_values)
-    assert diff.max() <= one_level + 1e-5
+    diff = np.abs(prepared[2].pixels.astype(np.int16) - prepared[1].pixels)
+    assert diff.max() <= 1
     assert np.count_nonzero(diff) / diff.size < 1e-3
+
+
+def test_patch_pixels_are_the_processors_values_before_normalisation(image_processor):
+    # What the Preprocessor hands over: a quarter of the bytes, and exactly image_to_patches once normalised,
+    # in numpy (the reference) and in torch (the VisionEncoder's way).
+    torch = pytest.importorskip("torch")
+    from serve_app.stage_io import PixelNormalization
+
+    rng = np.random.default_rng(7)
+    image = Image.fromarray(rng.integers(0, 256, (416, 576, 3), dtype=np.uint8))
+    patches, grid = image_to_patch_pixels(image, image_processor)
+    pixel_values, same_grid = image_to_patches(image, image_processor)
+    np.testing.assert_array_equal(grid, same_grid)
+    assert patches.dtype == np.uint8 and patches.shape == pixel_values.shape
+    assert patches.nbytes * 4 == pixel_values.nbytes
+    normalization = PixelNormalization.of(image_processor)
+    np.testing.assert_array_equal(normalization.apply(patches), pixel_values)
+    np.testing.assert_array_equal(normalization.apply_torch(torch.from_numpy(patches)).numpy(), pixel_values)
