@@ -142,77 +142,38 @@ def pyplot():
 
 
 class BatchingEncoder:
-    """The VisionEncoder stage without Ray: one tower call at a time; a batch takes what is queued, waiting
-    at most `wait_s` after its first image for up to `max_batch` images (Ray Serve's @serve.batch rule)."""
+    """The VisionEncoder stage without Ray: the same batching (serve_app.batching.BatchWhileBusy) over the
+    vision tower, one call at a time, recording each call's size and time."""
 
     def __init__(self, tower, max_batch: int, wait_s: float):
-        self.tower, self.max_batch, self.wait_s = tower, max_batch, wait_s
-        self._queue: asyncio.Queue | None = None
-        self._worker: asyncio.Task | None = None
+        from serve_app.batching import BatchWhileBusy
+
+        self.tower = tower
+        self.batcher = BatchWhileBusy(self._encode, max_batch, wait_s)
         self.batch_sizes: list[int] = []
         self.batch_ms: list[float] = []
 
     async def encode(self, prepared):
-        if self._worker is None:
-            self._queue = asyncio.Queue()
-            self._worker = asyncio.create_task(self._run())
-        future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((prepared, future))
-        return await future
+        return await self.batcher.submit(prepared)
 
-    async def _run(self) -> None:
+    def _encode(self, items: list) -> list:
         from serve_app.hunyuan_vl import encode_images
         from serve_app.stage_io import ImageEmbeddings
 
-        loop = asyncio.get_running_loop()
-        while True:
-            batch = [await self._queue.get()]
-            deadline = loop.time() + self.wait_s
-            while len(batch) < self.max_batch:
-                try:
-                    batch.append(self._queue.get_nowait())
-                    continue
-                except asyncio.QueueEmpty:
-                    pass
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-                except asyncio.TimeoutError:
-                    break
-            items = [prepared for prepared, _ in batch]
-            started = time.perf_counter()
-            try:
-                embeddings = await asyncio.to_thread(
-                    encode_images,
-                    self.tower,
-                    [p.pixels for p in items],
-                    [p.image_grid_thw for p in items],
-                    items[0].normalization,
-                )
-            except Exception as error:  # noqa: BLE001 - every waiter gets the failure
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(error)
-                continue
-            elapsed_ms = (time.perf_counter() - started) * 1000
-            self.batch_sizes.append(len(batch))
-            self.batch_ms.append(elapsed_ms)
-            for (prepared, future), emb in zip(batch, embeddings):
-                if not future.done():
-                    future.set_result(
-                        ImageEmbeddings(emb, prepared.image_grid_thw, encode_ms=elapsed_ms, batch_size=len(batch))
-                    )
+        started = time.perf_counter()
+        embeddings = encode_images(
+            self.tower, [p.pixels for p in items], [p.image_grid_thw for p in items], items[0].normalization
+        )
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        self.batch_sizes.append(len(items))
+        self.batch_ms.append(elapsed_ms)
+        return [
+            ImageEmbeddings(emb, prepared.image_grid_thw, encode_ms=elapsed_ms, batch_size=len(items))
+            for prepared, emb in zip(items, embeddings)
+        ]
 
     async def close(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
-            try:
-                await self._worker
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
-                pass
-            self._worker = None
+        await self.batcher.close()
 
 
 class SplitPipeline:

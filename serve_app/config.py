@@ -180,8 +180,11 @@ class PreprocessorConfig(StageConfig):
 
 
 class EncoderConfig(StageConfig):
-    max_batch_size: int = Field(8, ge=1, description="Images per vision tower call.")
-    batch_wait_timeout_s: float = Field(0.005, ge=0, description="How long a batch waits to fill.")
+    max_batch_size: int = Field(8, ge=1, description="Most images per vision tower call.")
+    batch_wait_timeout_s: float = Field(
+        0.005, ge=0, description="How long a call that would hold one image waits for more. Images that queued "
+        "while the previous call ran go into the next without waiting."
+    )
 
 
 class DecoderConfig(StageConfig):

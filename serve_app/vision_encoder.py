@@ -9,6 +9,7 @@ import time
 import numpy as np
 from ray import serve
 
+from serve_app.batching import BatchWhileBusy
 from serve_app.config import OCRAppConfig
 from serve_app.errors import quiet_client_error_logs
 from serve_app.hunyuan_vl import encode_images, load_vision_tower, resolve_device
@@ -75,21 +76,22 @@ class VisionEncoder:
         quiet_client_error_logs()
         family_encoder = TextDetectionEncoder if config.model.family == "pp_ocr" else VisionTowerEncoder
         self.encoder = family_encoder(config)
-        self.encode_batch.set_max_batch_size(config.encoder.max_batch_size)
-        self.encode_batch.set_batch_wait_timeout_s(config.encoder.batch_wait_timeout_s)
+        # One tower call at a time; a call takes every image that queued while the previous one ran.
+        self.batcher = BatchWhileBusy(
+            self._encode_batch, config.encoder.max_batch_size, config.encoder.batch_wait_timeout_s
+        )
         self.health_period_s = config.encoder.health_check_period_s
         self.last_success = time.monotonic()
         self.failure: str | None = None  # the device error of the last failed batch, until a batch succeeds
         self.metrics = EncoderMetrics()
 
     async def encode(self, prepared: PreparedImage) -> ImageEmbeddings | DetectedText:
-        return await self.encode_batch(prepared)
+        return await self.batcher.submit(prepared)
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
-    async def encode_batch(self, batch: list[PreparedImage]) -> list[ImageEmbeddings | DetectedText]:
-        # The whole batch in one call, off the event loop so requests keep queueing.
+    def _encode_batch(self, batch: list[PreparedImage]) -> list[ImageEmbeddings | DetectedText]:
+        # On the batcher's thread, off the event loop, so requests keep queueing.
         try:
-            results = await asyncio.to_thread(self.encoder.encode, batch)
+            results = self.encoder.encode(batch)
         except (RuntimeError, MemoryError) as error:  # device/runtime failures, not bad input (ValueError)
             self.failure = f"{type(error).__name__}: {error}"[:300]
             raise
