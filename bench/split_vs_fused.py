@@ -142,13 +142,13 @@ def pyplot():
 
 
 class BatchingEncoder:
-    """The VisionEncoder stage without Ray: the same batching (serve_app.batching.BatchWhileBusy) over the
-    vision tower, one call at a time, recording each call's size and time."""
+    """The VisionEncoder stage without Ray: its tower encoder (VisionTowerEncoder) behind the same batching
+    (serve_app.batching.BatchWhileBusy), recording each call's size and time."""
 
-    def __init__(self, tower, max_batch: int, wait_s: float):
+    def __init__(self, tower_encoder, max_batch: int, wait_s: float):
         from serve_app.batching import BatchWhileBusy
 
-        self.tower = tower
+        self.tower_encoder = tower_encoder
         self.batcher = BatchWhileBusy(self._encode, max_batch, wait_s)
         self.batch_sizes: list[int] = []
         self.batch_ms: list[float] = []
@@ -157,20 +157,10 @@ class BatchingEncoder:
         return await self.batcher.submit(prepared)
 
     def _encode(self, items: list) -> list:
-        from serve_app.hunyuan_vl import encode_images
-        from serve_app.stage_io import ImageEmbeddings
-
-        started = time.perf_counter()
-        embeddings = encode_images(
-            self.tower, [p.pixels for p in items], [p.image_grid_thw for p in items], items[0].normalization
-        )
-        elapsed_ms = (time.perf_counter() - started) * 1000
+        results = self.tower_encoder.encode(items)
         self.batch_sizes.append(len(items))
-        self.batch_ms.append(elapsed_ms)
-        return [
-            ImageEmbeddings(emb, prepared.image_grid_thw, encode_ms=elapsed_ms, batch_size=len(items))
-            for prepared, emb in zip(items, embeddings)
-        ]
+        self.batch_ms.append(results[0].encode_ms)
+        return results
 
     async def close(self) -> None:
         await self.batcher.close()
@@ -181,14 +171,16 @@ class SplitPipeline:
 
     def __init__(self, config, model_path: str):
         from serve_app.engines.vllm_engine import VLLMEngine
-        from serve_app.hunyuan_vl import load_vision_tower, resolve_device
+        from serve_app.hunyuan_vl import resolve_device
         from serve_app.preprocessor import ImagePreparer
+        from serve_app.vision_encoder import VisionTowerEncoder
 
         self.config = config
         self.preparer = ImagePreparer(config, model_path)
         self.device = resolve_device(config.model.device)
-        self.tower = load_vision_tower(model_path, config.model.dtype, self.device)
-        self.encoder = BatchingEncoder(self.tower, config.encoder.max_batch_size, config.encoder.batch_wait_timeout_s)
+        tower_encoder = VisionTowerEncoder(config)  # the stage's own code: the checkpoint of config.model
+        self.tower = tower_encoder.tower
+        self.encoder = BatchingEncoder(tower_encoder, config.encoder.max_batch_size, config.encoder.batch_wait_timeout_s)
         self.engine = VLLMEngine(config.model, config.decoder, model_path)
         self.start_s = 0.0
 
