@@ -41,7 +41,7 @@ class BatchWhileBusy(Generic[Item, Result]):
         batch = [await self._queue.get()]
         while len(batch) < self.max_batch_size and not self._queue.empty():
             batch.append(self._queue.get_nowait())
-        if len(batch) == 1 and self.wait_s > 0 and self.max_batch_size > 1:
+        if len(batch) == 1 and self.wait_s > 0:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + self.wait_s
             while len(batch) < self.max_batch_size and (remaining := deadline - loop.time()) > 0:
