@@ -10,7 +10,7 @@ with text, for each pixel budget:
            -> one bicubic resize -> 8-bit patches; a model input of 1 MP or more is resized in bands on
            `--image-threads` threads (default: the Preprocessor's default, 2), the same pixels as in one
            piece up to rounding. Timed up to the same float32 pixel_values as the old path: the patches'
-           normalisation, which the VisionEncoder does in the service, is counted here too (numpy, 1 pass)
+           normalisation, which the VisionEncoder does in the service, is counted here too (numpy, 2 passes)
 
 Runs alternate (old, draft, old, draft, ...: the machine's speed drifts) and the medians of wall time (the
 latency; the speed-up the plot shows) and of CPU time (all threads: the cost) are compared, for the whole
