@@ -182,8 +182,9 @@ class PreprocessorConfig(StageConfig):
 class EncoderConfig(StageConfig):
     max_batch_size: int = Field(8, ge=1, description="Most images per vision tower call.")
     batch_wait_timeout_s: float = Field(
-        0.005, ge=0, description="How long a call that would hold one image waits for more. Images that queued "
-        "while the previous call ran go into the next without waiting."
+        0.0, ge=0, description="How long a call that would hold one image waits for more. Images that queued "
+        "while the previous call ran go into the next without waiting, so under load batches form anyway; a wait "
+        "only delays a lone image (0: none; 5 ms cost 6-8 ms of p50 at concurrency 1 on the CPU config)."
     )
 
 
