@@ -199,14 +199,6 @@ def image_to_patch_pixels(image, image_processor) -> tuple[np.ndarray, np.ndarra
     return patches.reshape(grid_h * grid_w, channels * temporal * patch * patch), grid
 
 
-def image_to_patches(image, image_processor) -> tuple[np.ndarray, np.ndarray]:
-    """An RGB image already at the model's input size -> (pixel_values, image_grid_thw), the same float32
-    arrays as HunYuanVL's image processor (to float32 rounding), in two passes over the output instead of
-    its five."""
-    patches, grid = image_to_patch_pixels(image, image_processor)
-    return PixelNormalization.of(image_processor).apply(patches), grid
-
-
 # --------------------------------------------------------------------------------------------- encoding
 
 

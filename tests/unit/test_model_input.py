@@ -1,5 +1,5 @@
 """The Preprocessor's model input is HunYuanVL's image processor output: same pixel_values (to float32
-rounding) and grid, from image_to_patches and from the whole prepare path (8-bit patches, normalised as
+rounding) and grid, from the 8-bit patches normalised and from the whole prepare path (8-bit patches, normalised as
 the VisionEncoder does)."""
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ from PIL import Image
 from transformers import AutoProcessor
 
 from serve_app.config import OCRAppConfig
-from serve_app.hunyuan_vl import image_to_patch_pixels, image_to_patches
+from serve_app.hunyuan_vl import image_to_patch_pixels
 from serve_app.images import PARALLEL_MIN_PIXELS
 from serve_app.preprocessor import ImagePreparer
+from serve_app.stage_io import PixelNormalization
 from tests.conftest import make_image, to_bytes
 
 BUDGET = {"min_pixels": 64 * 64, "max_pixels": 512 * 512}
@@ -27,6 +28,12 @@ def _reference(image_processor, image: Image.Image) -> tuple[np.ndarray, np.ndar
     size = {"shortest_edge": BUDGET["min_pixels"], "longest_edge": BUDGET["max_pixels"]}
     features = image_processor(images=[image], size=size, return_tensors="np")
     return features["pixel_values"], features["image_grid_thw"][0]
+
+
+def image_to_patches(image: Image.Image, image_processor) -> tuple[np.ndarray, np.ndarray]:
+    """The float32 pixel_values the VisionEncoder feeds the tower: 8-bit patches, normalised in numpy."""
+    patches, grid = image_to_patch_pixels(image, image_processor)
+    return PixelNormalization.of(image_processor).apply(patches), grid
 
 
 # Sizes already on the model input grid and within the budget, as the stage hands them over.
@@ -92,7 +99,6 @@ def test_patch_pixels_are_the_processors_values_before_normalisation(image_proce
     # What the Preprocessor hands over: a quarter of the bytes, and exactly image_to_patches once normalised,
     # in numpy (the reference) and in torch (the VisionEncoder's way).
     torch = pytest.importorskip("torch")
-    from serve_app.stage_io import PixelNormalization
 
     rng = np.random.default_rng(7)
     image = Image.fromarray(rng.integers(0, 256, (416, 576, 3), dtype=np.uint8))
