@@ -439,7 +439,7 @@ def measure_vision_activation(pipeline, app) -> dict:
     import numpy as np
     import torch
 
-    from serve_app.hunyuan_vl import encode_images
+    from serve_app.hunyuan_vl import encode_image_tensors
 
     side = int(math.isqrt(app.model.max_pixels)) // 32 * 32
     grid = np.array([1, side // 16, side // 16], dtype=np.int64)
@@ -453,7 +453,7 @@ def measure_vision_activation(pipeline, app) -> dict:
         before = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
         started = time.perf_counter()
-        encode_images(pipeline.tower, [pixels] * batch, [grid] * batch, normalization)
+        encode_image_tensors(pipeline.tower, [pixels] * batch, [grid] * batch, normalization)
         torch.cuda.synchronize()
         measured[str(batch)] = {
             "peak_gib": (torch.cuda.max_memory_allocated() - before) / GIB,

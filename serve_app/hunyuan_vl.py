@@ -4,8 +4,9 @@
   only its tensors read from the safetensors files (the language model is never loaded). Works for
   checkpoints saved by transformers (`model.vision_tower.*`) and for Tencent's original layout (`vit.*`,
   `perceive.*`, renamed the way transformers' conversion mapping does).
-- `encode_images`: several images in one vision tower call; per-image embeddings in the decoder's hidden
-  size, exactly what HunYuanVLForConditionalGeneration scatters into the image placeholder positions.
+- `encode_image_tensors`: several images in one vision tower call; per-image embeddings in the decoder's
+  hidden size, exactly what HunYuanVLForConditionalGeneration scatters into the image placeholder positions
+  (`encode_images`: the same as float32 numpy arrays).
 - `load_text_model`: HunYuanVLForConditionalGeneration without its vision tower (vision tensors are skipped
   at load time, never materialised).
 - Prompt helpers: expand the single image placeholder the way HunYuanVLProcessor does.
@@ -202,13 +203,14 @@ def image_to_patch_pixels(image, image_processor) -> tuple[np.ndarray, np.ndarra
 # --------------------------------------------------------------------------------------------- encoding
 
 
-def encode_images(
+def encode_image_tensors(
     vision_tower: torch.nn.Module,
     pixel_values: Sequence[np.ndarray],
     image_grid_thw: Sequence[np.ndarray],
     normalization: PixelNormalization | None = None,
-) -> list[np.ndarray]:
-    """Run all images through the vision tower in one call; return per-image float32 embeddings.
+) -> list[torch.Tensor]:
+    """Run all images through the vision tower in one call; return per-image embeddings on the CPU, in the
+    tower's dtype (row views of one batch tensor: one device-to-host copy per batch).
 
     `pixel_values[i]` is (t*h*w, 3*16*16) and `image_grid_thw[i]` is (t, h, w). Without `normalization` the
     pixels are the image processor's float32 values; with it, 8-bit patches (image_to_patch_pixels),
@@ -249,13 +251,18 @@ def encode_images(
         features = output.pooler_output.squeeze(0)
         if features.shape[0] != sum(counts):
             raise RuntimeError(f"vision tower returned {features.shape[0]} rows, expected {sum(counts)}")
-        features = features.to(dtype=torch.float32).cpu().contiguous().numpy()
-    results = []
-    offset = 0
-    for count in counts:
-        results.append(features[offset : offset + count].copy())
-        offset += count
-    return results
+        return list(torch.split(features.cpu().contiguous(), counts))
+
+
+def encode_images(
+    vision_tower: torch.nn.Module,
+    pixel_values: Sequence[np.ndarray],
+    image_grid_thw: Sequence[np.ndarray],
+    normalization: PixelNormalization | None = None,
+) -> list[np.ndarray]:
+    """encode_image_tensors, as float32 numpy arrays of their own (what tests and benches compare)."""
+    tensors = encode_image_tensors(vision_tower, pixel_values, image_grid_thw, normalization)
+    return [tensor.to(torch.float32, copy=True).numpy() for tensor in tensors]
 
 
 # --------------------------------------------------------------------------------------------- text model

@@ -12,7 +12,7 @@ from ray import serve
 from serve_app.batching import BatchWhileBusy
 from serve_app.config import OCRAppConfig
 from serve_app.errors import quiet_client_error_logs
-from serve_app.hunyuan_vl import encode_images, load_vision_tower, resolve_device
+from serve_app.hunyuan_vl import encode_image_tensors, encode_images, load_vision_tower, resolve_device
 from serve_app.metrics import EncoderMetrics
 from serve_app.model_files import resolve_model_path
 from serve_app.stage_io import DetectedText, ImageEmbeddings, PreparedImage
@@ -31,12 +31,13 @@ class VisionTowerEncoder:
         normalization = batch[0].normalization  # one preprocessor config, so one normalisation per batch
         if any(item.normalization != normalization for item in batch):
             raise ValueError("images in one batch were prepared with different pixel normalisations")
-        embeddings = encode_images(
+        embeddings = encode_image_tensors(
             self.tower, [item.pixels for item in batch], [item.image_grid_thw for item in batch], normalization
         )
         elapsed_ms = (time.perf_counter() - started) * 1000
+        # In the tower's dtype, so a bfloat16 tower's embeddings cross to the decoder in half the bytes of float32.
         return [
-            ImageEmbeddings(embeddings=emb, image_grid_thw=item.image_grid_thw, encode_ms=elapsed_ms, batch_size=len(batch))
+            ImageEmbeddings.from_tensor(emb, item.image_grid_thw, encode_ms=elapsed_ms, batch_size=len(batch))
             for emb, item in zip(embeddings, batch)
         ]
 

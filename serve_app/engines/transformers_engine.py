@@ -136,9 +136,7 @@ class TransformersEngine(DecoderEngine):
         encoded = processor(text=[text], return_tensors="pt")
         model = self._model
         device = model.device
-        features = torch.from_numpy(np.array(embeddings, dtype=np.float32, copy=True)).to(
-            device=device, dtype=model.dtype
-        )
+        features = request.image.to_tensor(model.dtype).to(device)
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
         return {

@@ -148,8 +148,7 @@ class VLLMEngine(DecoderEngine):
         return self._llm
 
     def _embeddings_tensor(self, request: DecodeRequest) -> tuple[torch.Tensor, torch.Tensor]:
-        # Arrays that came through Ray are read-only views of the object store: copy deliberately.
-        embeds = torch.from_numpy(np.array(request.image.embeddings, dtype=np.float32, order="C", copy=True))
+        embeds = request.image.to_tensor(self.torch_dtype)  # a copy: Ray's arrays are read-only
         grid = torch.from_numpy(np.array(request.image.image_grid_thw, dtype=np.int64, copy=True)).reshape(3)
         # Checked here too (vLLM's parser checks again) so a bad stage output fails with a plain ValueError.
         expected = int(image_token_counts(grid, self._merge_size).sum())
@@ -158,7 +157,7 @@ class VLLMEngine(DecoderEngine):
                 f"image embeddings have shape {tuple(embeds.shape)}, but image_grid_thw {grid.tolist()} "
                 f"needs ({expected}, {self._hidden_size})"
             )
-        return embeds.to(self.torch_dtype), grid
+        return embeds, grid
 
     async def stream(self, request: DecodeRequest) -> AsyncIterator[DecodeChunk]:
         from vllm import SamplingParams

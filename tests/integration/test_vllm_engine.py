@@ -8,6 +8,7 @@ first request, so every test runs its coroutines on one module-scoped loop.
 from __future__ import annotations
 
 import asyncio
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +18,11 @@ import torch
 
 from serve_app.config import DecoderConfig, ModelConfig, OCRAppConfig  # noqa: E402
 from serve_app.engines.vllm_engine import VLLMEngine, build_engine_args, validate_engine_args  # noqa: E402
-from serve_app.hunyuan_vl import encode_images, load_vision_tower  # noqa: E402
+from serve_app.hunyuan_vl import encode_images, image_token_count, load_vision_tower  # noqa: E402
 from serve_app.errors import InvalidRequestError
 from serve_app.stage_io import DecodeRequest, ImageEmbeddings, SamplingOptions  # noqa: E402
 from serve_app.vllm_hunyuan_embeds import HunYuanVLEmbedsDataParser  # noqa: E402
-from tests.conftest import make_image  # noqa: E402
+from tests.conftest import make_image, to_bytes  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -236,6 +237,45 @@ def test_engine_args_validation(configs, tiny_checkpoint):
         validate_engine_args({"max_model_length": 4096})
     with pytest.raises(ValueError, match="'dtype' is set by the engine"):
         validate_engine_args({"dtype": "float16"})
+
+
+def test_bfloat16_embeddings_cross_as_bits_and_decode_as_their_float32_values(tiny_checkpoint, configs, loop):
+    """The GPU default dtype: a bfloat16 tower's embeddings leave the VisionEncoder as 2-byte bits (half of
+    float32's bytes), and a bfloat16 vLLM engine decodes them token for token as the same values sent as float32
+    (the handoff before). Its own engine, stopped before the tests that count engine cores."""
+    from serve_app.preprocessor import ImagePreparer
+    from serve_app.vision_encoder import VisionTowerEncoder
+
+    model, decoder = configs
+    model = model.model_copy(update={"dtype": "bfloat16"})
+    app = OCRAppConfig(model=model)
+    prepared = [
+        ImagePreparer(app, str(tiny_checkpoint)).prepare(to_bytes(make_image(width, height, seed)), INSTRUCTION)
+        for seed, (width, height) in enumerate(SIZES[:2])
+    ]
+    encoder = VisionTowerEncoder(app)
+    images = encoder.encode(prepared)  # one tower call, as the stage batches them
+    # The handoff before: the same tower call's values as float32 arrays.
+    pixels, grids = [item.pixels for item in prepared], [item.image_grid_thw for item in prepared]
+    float32_arrays = encode_images(encoder.tower, pixels, grids, prepared[0].normalization)
+    engine = VLLMEngine(model, decoder, str(tiny_checkpoint))
+    loop.run_until_complete(engine.start())
+    try:
+        for index, (item, image, float32_array) in enumerate(zip(prepared, images, float32_arrays)):
+            tokens = image_token_count(item.image_grid_thw, engine._merge_size)
+            assert image.dtype == "bfloat16" and image.embeddings.dtype == np.int16
+            assert image.embeddings.nbytes == tokens * engine._hidden_size * 2
+            as_bits = pickle.loads(pickle.dumps(image, protocol=5))
+            as_float32 = ImageEmbeddings(float32_array, item.image_grid_thw)
+            bits, floats = (
+                loop.run_until_complete(
+                    engine.generate(DecodeRequest(item.prompt, handed, SamplingOptions(max_tokens=MAX_TOKENS)))
+                )
+                for handed in (as_bits, as_float32)
+            )
+            assert bits.completion_tokens > 0 and bits.token_ids == floats.token_ids, f"image {index}"
+    finally:
+        loop.run_until_complete(engine.shutdown())
 
 
 def _own_engine_cores() -> list:
