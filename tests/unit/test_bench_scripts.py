@@ -155,6 +155,21 @@ def test_split_vs_fused_script(tmp_path, tiny_checkpoint):
 
 
 @pytest.mark.integration
+def test_handoff_smoke(tmp_path):
+    """bench/handoff.py at minimal size: its own two Ray actors hand embeddings over both ways."""
+    out = tmp_path / "handoff.json"
+    run_script("handoff.py", "--tokens", "30", "--hidden-size", "64", "--requests", "3", "--rounds", "1", "--out", str(out))
+    report = json.loads(out.read_text())
+    entry = report["by_tokens"]["30"]
+    for way in ("float32", "bfloat16"):
+        assert all(positive(entry[way][key]) for key in ("p50_ms", "cpu_ms_per_request"))
+    # The wire sizes are exact: 4 and 2 bytes a value.
+    assert (entry["float32"]["wire_mb"], entry["bfloat16"]["wire_mb"]) == (30 * 64 * 4 / 1e6, 30 * 64 * 2 / 1e6)
+    assert positive(entry["p50_ratio_bfloat16_over_float32"]) and positive(entry["cpu_ratio_bfloat16_over_float32"])
+    assert out.with_suffix(".png").stat().st_size > 0
+
+
+@pytest.mark.integration
 def test_overhead_smoke(tmp_path):
     """bench/overhead.py at minimal size: its own Ray Serve graph (cpu.yaml) over HTTP vs the same stage
     code in-process, one round at concurrency 1 and 2."""
