@@ -62,16 +62,13 @@ class InProcessPipeline:
     """The graph's own stage code, called directly: what serving adds is everything else."""
 
     def __init__(self, config, model_path: str):
-        import torch
-
         from serve_app.engines.vllm_engine import VLLMEngine
-        from serve_app.hunyuan_vl import encode_images, load_vision_tower
         from serve_app.preprocessor import ImagePreparer
+        from serve_app.vision_encoder import VisionTowerEncoder
 
         self.config = config
         self.preparer = ImagePreparer(config, model_path)
-        self.tower = load_vision_tower(model_path, torch.float32, "cpu")
-        self.encode_images = encode_images
+        self.encoder = VisionTowerEncoder(config)  # one image per call: no batching here
         # vLLM's own default executor here (a worker process with its OpenMP binding): alone in a process it is
         # faster than the one-process executor the served Decoder uses on CPU (decoder.cpu_worker_in_engine_core),
         # 25-33 vs 22-25 req/s at c=16 on 2 cores, so the baseline is the fastest in-process engine.
@@ -79,18 +76,12 @@ class InProcessPipeline:
         self.engine = VLLMEngine(config.model, decoder, model_path)
 
     async def send(self, payload: bytes, max_tokens: int) -> int:
-        from serve_app.stage_io import DecodeRequest, ImageEmbeddings, SamplingOptions
+        from serve_app.stage_io import DecodeRequest, SamplingOptions
 
         prepared = await asyncio.to_thread(self.preparer.prepare, payload, self.config.default_instruction)
-        [embeddings] = await asyncio.to_thread(
-            self.encode_images, self.tower, [prepared.pixels], [prepared.image_grid_thw], prepared.normalization
-        )
+        [embeddings] = await asyncio.to_thread(self.encoder.encode, [prepared])
         result = await self.engine.generate(
-            DecodeRequest(
-                prepared.prompt,
-                ImageEmbeddings(embeddings, prepared.image_grid_thw),
-                SamplingOptions(max_tokens=max_tokens),
-            )
+            DecodeRequest(prepared.prompt, embeddings, SamplingOptions(max_tokens=max_tokens))
         )
         return result.completion_tokens
 
