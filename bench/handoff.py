@@ -25,6 +25,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
+
+from bench.plotting import pyplot_or_none  # noqa: E402
+
 DEFAULT_OUT = ROOT / "bench" / "results" / "handoff.json"
 HIDDEN_SIZE = 1024  # HunyuanOCR's text hidden size
 # Image tokens at HunyuanOCR's pixel budget: the median receipt of shared/data/sroie-sample, and a 2048x2048
@@ -44,7 +48,6 @@ def main(argv: list[str] | None = None) -> dict:
     if min(args.tokens) < 1 or args.hidden_size < 1 or args.requests < 1 or args.rounds < 1:
         parser.error("--tokens, --hidden-size, --requests and --rounds must be positive")
 
-    import numpy as np
     import ray
     import torch
 
@@ -135,16 +138,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def plot(report: dict, path: Path) -> Path | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot", file=sys.stderr)
+    plt = pyplot_or_none()
+    if plt is None:
         return None
-    import numpy as np
-
     sizes = list(report["by_tokens"])
     positions = np.arange(len(sizes))
     figure, axes = plt.subplots(1, 2, figsize=(9.6, 4.0))

@@ -46,6 +46,7 @@ from PIL import Image, ImageDraw, ImageFont
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.plotting import pyplot_or_none  # noqa: E402
 from serve_app.config import OCRAppConfig  # noqa: E402
 from serve_app.images import decode_image, fit_decoded  # noqa: E402
 
@@ -214,13 +215,8 @@ def measure(data: bytes, budget: tuple[int, int], checkpoint: Path, runs: int, i
 
 
 def plot(report: dict, path: Path) -> Path | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot", file=sys.stderr)
+    plt = pyplot_or_none()
+    if plt is None:
         return None
     names = list(report["budgets"])
     old = [report["budgets"][name]["median_ms"]["old_prepare"] for name in names]
