@@ -301,7 +301,9 @@ def build_ui(recognize: Recognize, config: OCRAppConfig) -> gr.Blocks:
 
         # preprocess=False: the image arrives as Gradio's upload record, so `run` reads the file exactly
         # as sent (gr.Image would otherwise open it with Pillow first and fail on bad files its own way).
+        # always_last: a click while a page is still being read runs once that finishes, with the inputs
+        # as they are then (Gradio's default for clicks, "once", drops it without a word).
         submit.click(run, [image, pdf, pages, task, lang, fields, target, prompt, max_tokens], outputs, preprocess=False,
-                     concurrency_limit=concurrency, api_name="recognize")
+                     concurrency_limit=concurrency, api_name="recognize", trigger_mode="always_last")
     blocks.queue(max_size=max(16, 8 * concurrency), default_concurrency_limit=concurrency)
     return blocks

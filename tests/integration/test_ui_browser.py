@@ -173,6 +173,23 @@ def test_errors_read_as_messages_and_the_page_stays_usable(page, tmp_path):
     expect(error).to_be_hidden()
 
 
+def test_a_click_while_a_page_is_being_read_is_kept(page, tmp_path):
+    """A second image and click while the first is still read: the page ends with the second's text."""
+    from playwright.sync_api import expect
+
+    slow = tmp_path / "long.png"  # many lines: the lite graph takes a while on it
+    render_text_page([f"LINE {n} OF A LONG PAGE" for n in range(24)], size=(900, 1750)).save(slow)
+    quick = tmp_path / "short.png"
+    render_text_page(("SECOND IMAGE 777",), size=(520, 140)).save(quick)
+    upload(page, slow)
+    page.locator("#ocr-submit").click()
+    expect(page.locator("#ocr-text .eta-bar, #ocr-text .progress-text").first).to_be_attached(timeout=RESULT_TIMEOUT_MS)
+    upload(page, quick)
+    page.locator("#ocr-submit").click()
+    expect_text(page, "SECOND IMAGE 777")
+    expect(page.locator("#ocr-error")).to_be_hidden()
+
+
 def test_a_pdf_is_read_page_by_page(page, tmp_path):
     from playwright.sync_api import expect
 
