@@ -146,15 +146,25 @@ async def first_error_cancels_rest(coroutines: list) -> list:
             task.cancel()
 
 
+# Encoder calls whose input (the preprocessor's answer) failed, read in the background until they end.
+_draining_encoder_calls: set[asyncio.Task] = set()
+
+
+async def _read_failure(response) -> None:
+    with contextlib.suppress(Exception):
+        await response
+
+
 async def prepared_or_raise(prepared_response, embeddings_response) -> PreparedImage:
-    """The preprocessor's answer. When it fails (a bad image), the encoder call chained on it is cancelled
-    and its failure read here: left unread, Ray logs it as an 'Unhandled error' traceback per rejected image."""
+    """The preprocessor's answer. When it fails (a bad image), the encoder call chained on it fails too
+    (at once: Ray does not run a task whose input failed). Its failure is read in the background, so the
+    4xx is not held up: left unread, Ray logs it as an 'Unhandled error' traceback."""
     try:
         return await prepared_response
     except Exception:
-        embeddings_response.cancel()
-        with contextlib.suppress(Exception, asyncio.CancelledError):
-            await embeddings_response
+        drain = asyncio.ensure_future(_read_failure(embeddings_response))
+        _draining_encoder_calls.add(drain)
+        drain.add_done_callback(_draining_encoder_calls.discard)
         raise
 
 
