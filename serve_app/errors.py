@@ -96,6 +96,14 @@ class RequestTimeoutError(OCRServiceError):
     error_type = "timeout"
 
 
+class ClientClosedError(OCRServiceError):
+    """The client went away before its request was read whole. Nobody gets the answer; the status is
+    nginx's 499 so that metrics tell a client that left from a failure of ours."""
+
+    status_code = 499
+    error_type = "client_closed_request"
+
+
 class EngineError(OCRServiceError):
     status_code = 500
     error_type = "engine_error"
@@ -145,11 +153,15 @@ def as_service_error(error: BaseException) -> OCRServiceError:
     from ray import exceptions as ray_exceptions
     from ray.serve import exceptions as serve_exceptions
 
+    from starlette.requests import ClientDisconnect
+
     chain = _causes(error)
     for cause in chain:  # an error one of our stages raised on purpose, as it was raised
         if isinstance(cause, OCRServiceError) and not isinstance(cause, ray_exceptions.RayTaskError):
             return cause
     for cause in chain:
+        if isinstance(cause, ClientDisconnect):
+            return ClientClosedError("The client closed the connection before the request was read.")
         if isinstance(cause, serve_exceptions.BackPressureError):
             retry_after_s = cause.retry_after_s if cause.retry_after_s is not None else 1
             return ServiceUnavailableError("The service is at capacity; retry shortly.", retry_after_s=math.ceil(retry_after_s))

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -107,6 +108,13 @@ async def _http_error(_: Request, error: StarletteHTTPException) -> JSONResponse
     body = {"error": {"message": str(error.detail), "type": "not_found_error" if status == 404 else "invalid_request_error",
                       "param": None, "code": status}}
     return JSONResponse(body, status_code=status, headers=getattr(error, "headers", None))
+
+
+@app.exception_handler(ClientDisconnect)
+async def _client_gone(request: Request, error: ClientDisconnect) -> JSONResponse:
+    # Its own handler: the catch-all below also re-raises (Starlette's ServerErrorMiddleware), and Ray
+    # then logs the disconnect as the replica's failure.
+    return error_response(error, request)
 
 
 @app.exception_handler(Exception)

@@ -5,12 +5,13 @@ Pure ASGI (not BaseHTTPMiddleware), so streams pass through untouched and the mo
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import time
 
 from serve_app.auth import presented_key
-from serve_app.errors import UnauthorizedError
+from serve_app.errors import ClientClosedError, UnauthorizedError
 from serve_app.metrics import IngressMetrics
 
 # Route label of the request metrics: the API's routes, everything under the UI as one, else "other".
@@ -84,16 +85,21 @@ class RequestMetricsMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = time.perf_counter()
-        status = 500
+        status, responded = 500, False
 
         async def send_with_status(message):
-            nonlocal status
+            nonlocal status, responded
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, responded = message["status"], True
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_status)
+        except asyncio.CancelledError:
+            if not responded:  # Serve cancels a request whose client left: not a failure of ours
+                status = ClientClosedError.status_code
+                self.metrics.errors.inc(tags={"error_type": ClientClosedError.error_type})
+            raise
         finally:
             tags = {"route": self.route(scope), "status": str(status)}
             self.metrics.request_latency_ms.observe((time.perf_counter() - started) * 1000, tags=tags)

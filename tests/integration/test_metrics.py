@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
+import socket
 import time
 
 import httpx
 import pytest
 
 from tests.conftest import make_image, to_bytes
-from tests.integration.conftest import BASE_URL, METRICS_PORT, ROUTES
+from tests.integration.conftest import BASE_URL, HTTP_PORT, LITE_ROUTE, METRICS_PORT, ROUTES
 
 pytestmark = pytest.mark.integration
 
@@ -58,3 +59,27 @@ def test_stage_metrics_are_exported(served):
     assert not missing, f"not exported: {missing}; ocr/vllm metrics exported: {exported}"
     tokens = [float(value) for value in re.findall(r'^ray_ocr_output_tokens_total\{[^}]*application="vllm"[^}]*\} (\S+)', text, re.M)]
     assert tokens and sum(tokens) >= 3 * 8  # three requests of 8 tokens each, at least
+
+
+def test_a_client_that_leaves_mid_upload_is_counted_as_such_not_as_our_failure(served):
+    """A client that sends half a body and hangs up is status 499 / client_closed_request in the metrics,
+    where it was a 500 / internal_error (and an error in the log) before."""
+    for path in ("/ocr", "/v1/chat/completions"):
+        with socket.create_connection(("127.0.0.1", HTTP_PORT), timeout=30) as connection:
+            connection.sendall(
+                f"POST {LITE_ROUTE}{path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                "Content-Length: 1000000\r\n\r\n".encode() + b"x" * 5000
+            )
+            time.sleep(0.5)  # the ingress is reading the body when the connection goes
+    expected = [
+        r'ray_ocr_requests_total\{[^}]*application="lite"[^}]*route="/ocr"[^}]*status="499"',
+        r'ray_ocr_requests_total\{[^}]*application="lite"[^}]*route="/v1/chat/completions"[^}]*status="499"',
+        r'ray_ocr_errors_total\{[^}]*application="lite"[^}]*error_type="client_closed_request"',
+    ]
+    missing, deadline = expected, time.monotonic() + 90
+    while missing and time.monotonic() < deadline:
+        text = httpx.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=30).text
+        missing = [pattern for pattern in expected if not re.search(pattern, text)]
+        if missing:
+            time.sleep(3)
+    assert not missing, f"not exported: {missing}"

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from types import SimpleNamespace
 
 import pytest
 from ray import exceptions as ray_exceptions
 from ray.serve import exceptions as serve_exceptions
+from starlette.requests import ClientDisconnect
 
 from serve_app.errors import EngineStoppedError, InvalidImageError, as_service_error, quiet_client_error_logs
+from serve_app.middleware import RequestMetricsMiddleware
 
 
 def test_an_upstream_replica_death_is_retriable():
@@ -31,6 +35,44 @@ def test_a_stage_error_keeps_its_own_status_through_rays_wrapper():
     wrapped = ray_exceptions.RayTaskError("prepare", "traceback", original).as_instanceof_cause()
     error = as_service_error(wrapped)
     assert error.status_code == 400 and error.message == "The image could not be decoded."
+
+
+def test_a_client_that_leaves_mid_body_is_a_499_not_an_internal_error():
+    error = as_service_error(ClientDisconnect())
+    assert (error.status_code, error.error_type) == (499, "client_closed_request")
+
+
+class _Tally:
+    """Stands in for one Ray metric: records the tags of each observation."""
+
+    def __init__(self):
+        self.tags = []
+
+    def inc(self, value=1, tags=None):
+        self.tags.append(tags)
+
+    def observe(self, value, tags=None):
+        self.tags.append(tags)
+
+
+def test_a_request_cancelled_before_its_answer_counts_as_the_client_leaving():
+    # Serve cancels the ingress's task when the HTTP client disconnects while the request is in flight.
+    metrics = SimpleNamespace(request_latency_ms=_Tally(), requests=_Tally(), errors=_Tally())
+
+    async def slow_app(scope, receive, send):
+        await asyncio.sleep(30)
+
+    async def cancel_in_flight():
+        middleware = RequestMetricsMiddleware(slow_app, metrics, ui_path=None)
+        task = asyncio.create_task(middleware({"type": "http", "path": "/ocr"}, None, None))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancel_in_flight())
+    assert metrics.requests.tags == [{"route": "/ocr", "status": "499"}]
+    assert metrics.errors.tags == [{"error_type": "client_closed_request"}]
 
 
 def test_timeouts_and_unknown_errors():
