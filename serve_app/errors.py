@@ -97,7 +97,7 @@ class RequestTimeoutError(OCRServiceError):
 
 
 class ClientClosedError(OCRServiceError):
-    """The client went away before its request was read whole. Nobody gets the answer; the status is
+    """The client went away before its request was answered. Nobody gets the answer; the status is
     nginx's 499 so that metrics tell a client that left from a failure of ours."""
 
     status_code = 499
@@ -160,8 +160,10 @@ def as_service_error(error: BaseException) -> OCRServiceError:
         if isinstance(cause, OCRServiceError) and not isinstance(cause, ray_exceptions.RayTaskError):
             return cause
     for cause in chain:
-        if isinstance(cause, ClientDisconnect):
-            return ClientClosedError("The client closed the connection before the request was read.")
+        # The client left: mid-body (Starlette), or Serve cancelled the request, which reaches the ingress
+        # as a cancelled body read from the proxy or a cancelled stage call.
+        if isinstance(cause, (ClientDisconnect, ray_exceptions.TaskCancelledError, serve_exceptions.RequestCancelledError)):
+            return ClientClosedError("The client closed the connection before the request was answered.")
         if isinstance(cause, serve_exceptions.BackPressureError):
             retry_after_s = cause.retry_after_s if cause.retry_after_s is not None else 1
             return ServiceUnavailableError("The service is at capacity; retry shortly.", retry_after_s=math.ceil(retry_after_s))

@@ -22,6 +22,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from ray import serve
+from ray.exceptions import TaskCancelledError
+from ray.serve.exceptions import RequestCancelledError
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.auth import load_api_key
@@ -110,11 +112,14 @@ async def _http_error(_: Request, error: StarletteHTTPException) -> JSONResponse
     return JSONResponse(body, status_code=status, headers=getattr(error, "headers", None))
 
 
-@app.exception_handler(ClientDisconnect)
-async def _client_gone(request: Request, error: ClientDisconnect) -> JSONResponse:
-    # Its own handler: the catch-all below also re-raises (Starlette's ServerErrorMiddleware), and Ray
-    # then logs the disconnect as the replica's failure.
+async def _client_gone(request: Request, error: Exception) -> JSONResponse:
     return error_response(error, request)
+
+
+# Their own handler (499): the catch-all below answers outside the metrics middleware and re-raises
+# (Starlette's ServerErrorMiddleware), so a client that left would count as a 500 and a failed replica call.
+for _client_gone_error in (ClientDisconnect, TaskCancelledError, RequestCancelledError):
+    app.add_exception_handler(_client_gone_error, _client_gone)
 
 
 @app.exception_handler(Exception)

@@ -37,8 +37,13 @@ def test_a_stage_error_keeps_its_own_status_through_rays_wrapper():
     assert error.status_code == 400 and error.message == "The image could not be decoded."
 
 
-def test_a_client_that_leaves_mid_body_is_a_499_not_an_internal_error():
-    error = as_service_error(ClientDisconnect())
+@pytest.mark.parametrize(
+    "gone",
+    [ClientDisconnect(), ray_exceptions.TaskCancelledError(), serve_exceptions.RequestCancelledError("req-1")],
+    ids=["mid-body", "body-read-cancelled-by-serve", "stage-call-cancelled"],
+)
+def test_a_client_that_leaves_is_a_499_not_an_internal_error(gone):
+    error = as_service_error(gone)
     assert (error.status_code, error.error_type) == (499, "client_closed_request")
 
 
