@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import re
@@ -159,28 +158,6 @@ async def first_error_cancels_rest(coroutines: list) -> list:
             task.cancel()
 
 
-# Encoder calls whose input (the preprocessor's answer) failed, read in the background until they end.
-_draining_encoder_calls: set[asyncio.Task] = set()
-
-
-async def _read_failure(response) -> None:
-    with contextlib.suppress(Exception):
-        await response
-
-
-async def prepared_or_raise(prepared_response, embeddings_response) -> PreparedImage:
-    """The preprocessor's answer. When it fails (a bad image), the encoder call chained on it fails too
-    (at once: Ray does not run a task whose input failed). Its failure is read in the background, so the
-    4xx is not held up: left unread, Ray logs it as an 'Unhandled error' traceback."""
-    try:
-        return await prepared_response
-    except Exception:
-        drain = asyncio.ensure_future(_read_failure(embeddings_response))
-        _draining_encoder_calls.add(drain)
-        drain.add_done_callback(_draining_encoder_calls.discard)
-        raise
-
-
 def _int_field(value, name: str) -> int | None:
     if value in (None, ""):
         return None
@@ -291,7 +268,7 @@ class OCRIngress:
         self, image_bytes: bytes, task: TaskRequest, sampling: SamplingOptions, request_id: str
     ) -> tuple[PreparedImage, DecodeResult]:
         prepared_response, embeddings_response = self._stages(image_bytes, task)
-        prepared = await prepared_or_raise(prepared_response, embeddings_response)
+        prepared = await prepared_response
         result = await self.decoder.generate.remote(prepared.prompt, embeddings_response, sampling, request_id)
         return prepared, result
 
@@ -447,7 +424,7 @@ class OCRIngress:
     ) -> tuple[PageResult, tuple[list[int], list[int]]]:
         """One page: encoder and decoder chained on the preprocessor's response."""
         embeddings_response = self.encoder.encode.remote(prepared_response)
-        prepared = await prepared_or_raise(prepared_response, embeddings_response)
+        prepared = await prepared_response
         result = await self.decoder.generate.remote(prepared.prompt, embeddings_response, sampling, request_id)
         structured = structure(task, result, prepared)
         page = PageResult(
@@ -558,7 +535,7 @@ class OCRIngress:
             deadline = time.monotonic() + self.config.limits.request_timeout_s
             # Preprocessing errors (bad image) surface here, before the 200 of the stream is sent.
             prepared_response, embeddings_response = self._stages(image_bytes, task_request)
-            prepared = await self.within_deadline(prepared_or_raise(prepared_response, embeddings_response))
+            prepared = await self.within_deadline(prepared_response)
             chunks = self.decoder.options(stream=True).generate_stream.remote(
                 prepared.prompt, embeddings_response, sampling, request_id
             )
