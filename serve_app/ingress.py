@@ -111,19 +111,15 @@ async def _http_error(_: Request, error: StarletteHTTPException) -> JSONResponse
     return JSONResponse(body, status_code=status, headers=getattr(error, "headers", None))
 
 
-async def _client_gone(request: Request, error: Exception) -> JSONResponse:
-    return error_response(error, request)
-
-
-# Their own handler (499): the catch-all below answers outside the metrics middleware and re-raises
-# (Starlette's ServerErrorMiddleware), so a client that left would count as a 500 and a failed replica call.
-for _client_gone_error in (ClientDisconnect, TaskCancelledError, RequestCancelledError):
-    app.add_exception_handler(_client_gone_error, _client_gone)
-
-
 @app.exception_handler(Exception)
 async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
     return error_response(error, request)
+
+
+# A client that left (499) is registered by class too: the catch-all above answers outside the metrics
+# middleware and re-raises (Starlette's ServerErrorMiddleware), so it would count as a 500 and a failed replica call.
+for _client_gone_error in (ClientDisconnect, TaskCancelledError, RequestCancelledError):
+    app.add_exception_handler(_client_gone_error, _unexpected_error)
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
