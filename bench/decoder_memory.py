@@ -56,7 +56,7 @@ def engine_tree_memory_mib() -> tuple[float, float]:
 async def measure(checkpoint: Path, image_limit: int) -> dict:
     from serve_app.config import DecoderConfig, ModelConfig
     from serve_app.engines.vllm_engine import VLLMEngine
-    from serve_app.preprocessor import ImagePreparer
+    from serve_app.stages.preprocessor import ImagePreparer
     from serve_app.config import OCRAppConfig
     from serve_app.stage_io import DecodeRequest, ImageEmbeddings, SamplingOptions
 
@@ -88,7 +88,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "decoder_memory.json")
     args = parser.parse_args()
-    from serve_app.tiny_checkpoint import build_tiny_checkpoint
+    from serve_app.model.tiny_checkpoint import build_tiny_checkpoint
 
     with tempfile.TemporaryDirectory() as scratch:
         tiny = build_tiny_checkpoint(Path(scratch) / "tiny")

@@ -172,8 +172,8 @@ def prepare_inputs(config, model_path: str, pages: list[bytes], work: Path) -> d
     """Preprocess and encode the distinct pages once; both engines decode exactly these requests."""
     import numpy as np
 
-    from serve_app.hunyuan_vl import encode_images, load_vision_tower, resolve_device
-    from serve_app.preprocessor import ImagePreparer
+    from serve_app.model.hunyuan_vl import encode_images, load_vision_tower, resolve_device
+    from serve_app.stages.preprocessor import ImagePreparer
 
     preparer = ImagePreparer(config, model_path)
     tower = load_vision_tower(model_path, config.model.dtype, resolve_device(config.model.device))
@@ -343,7 +343,7 @@ async def worker(args) -> dict:
     """One engine, in this (sub)process: start, concurrency rows, largest batch; memory per phase."""
     sampler = MemorySampler()
     config = load_app_config(args.serve_config, args.source)
-    from serve_app.model_files import resolve_model_path
+    from serve_app.model.model_files import resolve_model_path
 
     model_path = resolve_model_path(config.model)
     requests = load_requests(args.work, args.max_tokens)
@@ -655,7 +655,7 @@ def main(argv: list[str] | None = None) -> None:
         (args.work / f"{args.worker}.json").write_text(json.dumps(result, indent=2))
         return
 
-    from serve_app.model_files import resolve_model_path
+    from serve_app.model.model_files import resolve_model_path
 
     config = load_app_config(args.serve_config, args.source)
     model_path = resolve_model_path(config.model)

@@ -93,7 +93,7 @@ def full_size_tokenizer(seed: int = 0, vocab_size: int = FULL_VOCAB):
     from tokenizers import AddedToken
     from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
 
-    from serve_app import tiny_checkpoint as tc
+    from serve_app.model import tiny_checkpoint as tc
 
     base = tc._build_tokenizer(seed)
     model = json.loads(base.backend_tokenizer.to_str())["model"]
@@ -120,14 +120,14 @@ def full_size_tokenizer(seed: int = 0, vocab_size: int = FULL_VOCAB):
 
 def placeholder_ids(vocab_size: int = FULL_VOCAB) -> dict[str, int]:
     """Special-token ids as full_size_tokenizer assigns them (the last 11 ids): the config without a tokenizer."""
-    from serve_app import tiny_checkpoint as tc
+    from serve_app.model import tiny_checkpoint as tc
 
     first = vocab_size - len(tc.SPECIAL_TOKENS)
     return {token: first + index for index, token in enumerate(tc.SPECIAL_TOKENS)}
 
 
 def full_size_config():
-    from serve_app.tiny_checkpoint import build_full_size_config
+    from serve_app.model.tiny_checkpoint import build_full_size_config
 
     return build_full_size_config(placeholder_ids(), FULL_VOCAB)
 
@@ -139,8 +139,8 @@ def build_full_size_checkpoint(output_dir: Path, seed: int = 0, device: str | No
     from transformers import GenerationConfig, HunYuanVLForConditionalGeneration, HunYuanVLProcessor
     from transformers.models.hunyuan_vl.image_processing_hunyuan_vl import HunYuanVLImageProcessor
 
-    from serve_app import tiny_checkpoint as tc
-    from serve_app.tiny_checkpoint import build_full_size_config
+    from serve_app.model import tiny_checkpoint as tc
+    from serve_app.model.tiny_checkpoint import build_full_size_config
 
     output_dir = Path(output_dir).expanduser()
     if (output_dir / MARKER).is_file():
@@ -439,7 +439,7 @@ def measure_vision_activation(pipeline, app) -> dict:
     import numpy as np
     import torch
 
-    from serve_app.hunyuan_vl import encode_image_tensors
+    from serve_app.model.hunyuan_vl import encode_image_tensors
 
     side = int(math.isqrt(app.model.max_pixels)) // 32 * 32
     grid = np.array([1, side // 16, side // 16], dtype=np.int64)
@@ -585,7 +585,7 @@ def main(argv: list[str] | None = None) -> None:
     if run:
         if not cuda_available():
             print("WARNING: no CUDA device: this run measures the plumbing, not the GPU plan")
-        from serve_app.model_files import resolve_model_path
+        from serve_app.model.model_files import resolve_model_path
 
         source = args.source or report["checkpoint_dir"]
         run_app = load_app_config(args.serve_config, source)

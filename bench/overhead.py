@@ -63,8 +63,8 @@ class InProcessPipeline:
 
     def __init__(self, config, model_path: str):
         from serve_app.engines.vllm_engine import VLLMEngine
-        from serve_app.preprocessor import ImagePreparer
-        from serve_app.vision_encoder import VisionTowerEncoder
+        from serve_app.stages.preprocessor import ImagePreparer
+        from serve_app.stages.vision_encoder import VisionTowerEncoder
 
         self.config = config
         self.preparer = ImagePreparer(config, model_path)
@@ -89,7 +89,7 @@ class InProcessPipeline:
 async def main_async(args, config) -> dict:
     import httpx
 
-    from serve_app.model_files import resolve_model_path
+    from serve_app.model.model_files import resolve_model_path
     from tests.conftest import make_image, to_bytes
 
     payloads = [to_bytes(make_image(480, 320, seed=index), "JPEG") for index in range(args.requests)]

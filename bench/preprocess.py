@@ -20,7 +20,7 @@ units) and of the resized RGB image (0..255), and PSNR of the latter; for scale,
 and Lanczos resizes of the full decode (a change of filter nobody would call a loss of quality).
 
 Budgets: "real" is the HunyuanOCR default (min/max_pixels 512*512 / 2048*2048), "cpu" is configs/cpu.yaml
-(128*128 / 512*512). A JPEG is only drafted when 1.5x the model input (serve_app.images.DRAFT_GAP) is
+(128*128 / 512*512). A JPEG is only drafted when 1.5x the model input (serve_app.inputs.images.DRAFT_GAP) is
 at most half the image in both sides: at the real budget a 12 MP 4:3
 photo (target 2336x1760) is decoded in full either way; at the cpu budget (576x416) it decodes at 1/4.
 
@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.plotting import pyplot_or_none  # noqa: E402
 from serve_app.config import OCRAppConfig  # noqa: E402
-from serve_app.images import decode_image, fit_decoded  # noqa: E402
+from serve_app.inputs.images import decode_image, fit_decoded  # noqa: E402
 
 DEFAULT_OUT = ROOT / "bench" / "results" / "preprocess.json"
 FONT_CANDIDATES = ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/dejavu/DejaVuSans.ttf")
@@ -108,7 +108,7 @@ def _timed(function) -> tuple[float, float, object]:
 
 
 def measure(data: bytes, budget: tuple[int, int], checkpoint: Path, runs: int, image_threads: int) -> dict:
-    from serve_app.preprocessor import ImagePreparer
+    from serve_app.stages.preprocessor import ImagePreparer
 
     min_pixels, max_pixels = budget
     config = OCRAppConfig(
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("--runs must be at least 1")
 
     if args.checkpoint is None:
-        from serve_app.tiny_checkpoint import ensure_tiny_checkpoint
+        from serve_app.model.tiny_checkpoint import ensure_tiny_checkpoint
 
         args.checkpoint = ensure_tiny_checkpoint()
     size = image_size(args.megapixels)

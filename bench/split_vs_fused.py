@@ -143,10 +143,10 @@ def pyplot():
 
 class BatchingEncoder:
     """The VisionEncoder stage without Ray: its tower encoder (VisionTowerEncoder) behind the same batching
-    (serve_app.batching.BatchWhileBusy), recording each call's size and time."""
+    (serve_app.stages.batching.BatchWhileBusy), recording each call's size and time."""
 
     def __init__(self, tower_encoder, max_batch: int, wait_s: float):
-        from serve_app.batching import BatchWhileBusy
+        from serve_app.stages.batching import BatchWhileBusy
 
         self.tower_encoder = tower_encoder
         self.batcher = BatchWhileBusy(self._encode, max_batch, wait_s)
@@ -171,9 +171,9 @@ class SplitPipeline:
 
     def __init__(self, config, model_path: str):
         from serve_app.engines.vllm_engine import VLLMEngine
-        from serve_app.hunyuan_vl import resolve_device
-        from serve_app.preprocessor import ImagePreparer
-        from serve_app.vision_encoder import VisionTowerEncoder
+        from serve_app.model.hunyuan_vl import resolve_device
+        from serve_app.stages.preprocessor import ImagePreparer
+        from serve_app.stages.vision_encoder import VisionTowerEncoder
 
         self.config = config
         self.preparer = ImagePreparer(config, model_path)
@@ -254,7 +254,7 @@ class FusedPipeline:
         self.start_s = time.perf_counter() - started
 
     def _image(self, payload: bytes):
-        from serve_app.images import decode_image, fit_to_budget
+        from serve_app.inputs.images import decode_image, fit_to_budget
 
         decoded = decode_image(payload, self.config.limits)
         model = self.config.model
@@ -456,7 +456,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.fused_engine == "auto":
         args.fused_engine = "stock" if cuda_available() else "shared"
 
-    from serve_app.model_files import resolve_model_path
+    from serve_app.model.model_files import resolve_model_path
 
     config = load_app_config(args.serve_config, args.source)
     if args.fused_engine == "stock" and "gpu_memory_utilization" in config.decoder.engine_args:

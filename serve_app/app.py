@@ -11,11 +11,11 @@ from pydantic import ValidationError
 from ray.serve import Application
 
 from serve_app.config import OCRAppConfig
-from serve_app.decoder import Decoder
+from serve_app.stages.decoder import Decoder
 from serve_app.engines import DecoderEngine
-from serve_app.ingress import OCRIngress
-from serve_app.preprocessor import Preprocessor
-from serve_app.vision_encoder import VisionEncoder
+from serve_app.stages.ingress import OCRIngress
+from serve_app.stages.preprocessor import Preprocessor
+from serve_app.stages.vision_encoder import VisionEncoder
 
 
 class ConfigError(ValueError):

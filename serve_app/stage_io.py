@@ -122,7 +122,7 @@ class ImageEmbeddings:
 class DetectedText:
     """VisionEncoder output for the PP-OCR family: text-line regions of the oriented image."""
 
-    regions: list  # serve_app.lite_ocr.TextRegion: quad in oriented-image pixels, upright RGB crop
+    regions: list  # serve_app.model.lite_ocr.TextRegion: quad in oriented-image pixels, upright RGB crop
     encode_ms: float = 0.0
     batch_size: int = 1
 

@@ -73,6 +73,6 @@ def page() -> Image.Image:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """The tiny random HunyuanOCR-architecture checkpoint, built once per test session."""
-    from serve_app.tiny_checkpoint import build_tiny_checkpoint
+    from serve_app.model.tiny_checkpoint import build_tiny_checkpoint
 
     return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-hunyuan-vl"))

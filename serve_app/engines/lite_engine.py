@@ -20,12 +20,12 @@ class TextRecognitionEngine(DecoderEngine):
         self._recognizer = None
 
     async def start(self) -> None:
-        from serve_app.lite_ocr import TextRecognizer
+        from serve_app.model.lite_ocr import TextRecognizer
 
         self._recognizer = TextRecognizer(num_threads=self.model.num_threads)
 
     async def stream(self, request: DecodeRequest) -> AsyncIterator[DecodeChunk]:
-        from serve_app.lite_ocr import assemble_lines
+        from serve_app.model.lite_ocr import assemble_lines
 
         if self._recognizer is None:
             raise RuntimeError("the recognition engine is not started")

@@ -20,7 +20,7 @@ import torch
 
 from serve_app.config import DecoderConfig, ModelConfig
 from serve_app.engines.base import DecoderEngine
-from serve_app.hunyuan_vl import (
+from serve_app.model.hunyuan_vl import (
     expand_image_placeholder,
     image_token_count,
     load_model_config,

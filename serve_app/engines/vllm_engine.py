@@ -1,6 +1,6 @@
 """Production decoder engine: vLLM's AsyncLLM generating from a prompt plus precomputed image embeddings.
 
-The embeddings reach vLLM through the HunYuanVL subclass in `serve_app.vllm_hunyuan_embeds`
+The embeddings reach vLLM through the HunYuanVL subclass in `serve_app.engines.vllm_hunyuan_embeds`
 (registered with `model_class_overrides`, input enabled by `enable_mm_embeds`). By default the
 image limit is 0 ("embeddings only"), so the decoder never builds or loads the vision tower.
 Continuous batching, KV cache management and scheduling are vLLM's.
@@ -24,12 +24,12 @@ import numpy as np
 import torch
 
 from serve_app.config import DecoderConfig, ModelConfig
-from serve_app.engine_guard import POLL_S, child_pids, guard_children
+from serve_app.engines.engine_guard import POLL_S, child_pids, guard_children
 from serve_app.engines.base import DecoderEngine
 from serve_app.errors import EngineStoppedError, InvalidRequestError
-from serve_app.hunyuan_vl import torch_dtype
+from serve_app.model.hunyuan_vl import torch_dtype
 from serve_app.stage_io import DecodeChunk, DecodeRequest
-from serve_app.vllm_hunyuan_embeds import MODEL_CLASS_OVERRIDE, image_token_counts
+from serve_app.engines.vllm_hunyuan_embeds import MODEL_CLASS_OVERRIDE, image_token_counts
 
 logger = logging.getLogger(__name__)
 

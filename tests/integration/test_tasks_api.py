@@ -11,8 +11,8 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
-from serve_app.repetition import repeated_tail
-from serve_app.tasks import TASKS, build_task_request
+from serve_app.results.repetition import repeated_tail
+from serve_app.model.tasks import TASKS, build_task_request
 from tests.conftest import make_image, to_bytes
 from tests.integration.conftest import BASE_URL
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from serve_app.config import DecoderConfig, ModelConfig
 from serve_app.engines.transformers_engine import TransformersEngine
-from serve_app.hunyuan_vl import encode_images, image_token_count, load_vision_tower, vision_key
+from serve_app.model.hunyuan_vl import encode_images, image_token_count, load_vision_tower, vision_key
 from serve_app.stage_io import DecodeRequest, ImageEmbeddings, PixelNormalization, SamplingOptions
 from tests.conftest import make_image
 
@@ -139,8 +139,8 @@ def test_embeddings_equal_the_full_models_image_features(tower, full_model, pixe
 def test_eight_bit_patches_encode_to_the_processors_embeddings(tower, processor, images):
     # What the served VisionEncoder gets from the Preprocessor: 8-bit patches of an image at the model input
     # size, normalised on the tower's device. Embeddings must equal those of the processor's float32 pixels.
-    from serve_app.hunyuan_vl import image_to_patch_pixels
-    from serve_app.images import fit_to_budget
+    from serve_app.model.hunyuan_vl import image_to_patch_pixels
+    from serve_app.inputs.images import fit_to_budget
 
     image_processor = processor.image_processor
     factor = image_processor.patch_size * image_processor.merge_size

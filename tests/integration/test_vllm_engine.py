@@ -18,10 +18,10 @@ import torch
 
 from serve_app.config import DecoderConfig, ModelConfig, OCRAppConfig  # noqa: E402
 from serve_app.engines.vllm_engine import VLLMEngine, build_engine_args, validate_engine_args  # noqa: E402
-from serve_app.hunyuan_vl import encode_images, image_token_count, load_vision_tower  # noqa: E402
+from serve_app.model.hunyuan_vl import encode_images, image_token_count, load_vision_tower  # noqa: E402
 from serve_app.errors import InvalidRequestError
 from serve_app.stage_io import DecodeRequest, ImageEmbeddings, SamplingOptions  # noqa: E402
-from serve_app.vllm_hunyuan_embeds import HunYuanVLEmbedsDataParser  # noqa: E402
+from serve_app.engines.vllm_hunyuan_embeds import HunYuanVLEmbedsDataParser  # noqa: E402
 from tests.conftest import make_image, to_bytes  # noqa: E402
 
 pytestmark = pytest.mark.integration
@@ -243,8 +243,8 @@ def test_bfloat16_embeddings_cross_as_bits_and_decode_as_their_float32_values(ti
     """The GPU default dtype: a bfloat16 tower's embeddings leave the VisionEncoder as 2-byte bits (half of
     float32's bytes), and a bfloat16 vLLM engine decodes them token for token as the same values sent as float32
     (the handoff before). Its own engine, stopped before the tests that count engine cores."""
-    from serve_app.preprocessor import ImagePreparer
-    from serve_app.vision_encoder import VisionTowerEncoder
+    from serve_app.stages.preprocessor import ImagePreparer
+    from serve_app.stages.vision_encoder import VisionTowerEncoder
 
     model, decoder = configs
     model = model.model_copy(update={"dtype": "bfloat16"})

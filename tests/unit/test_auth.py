@@ -8,8 +8,8 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from serve_app.auth import APIKeyError, load_api_key, presented_key
-from serve_app.middleware import APIKeyMiddleware
+from serve_app.api.auth import APIKeyError, load_api_key, presented_key
+from serve_app.api.middleware import APIKeyMiddleware
 from serve_app.config import SecurityConfig
 
 KEY = "s3cret-key"

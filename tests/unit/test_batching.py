@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from serve_app.batching import BatchWhileBusy
+from serve_app.stages.batching import BatchWhileBusy
 
 
 class SlowDoubler:

@@ -6,9 +6,9 @@ import base64
 
 import pytest
 
-from serve_app.chat_input import decode_data_url, image_and_instruction
+from serve_app.api.chat_input import decode_data_url, image_and_instruction
 from serve_app.errors import InvalidRequestError, PayloadTooLargeError
-from serve_app.openai_schemas import ChatCompletionRequest
+from serve_app.api.openai_schemas import ChatCompletionRequest
 
 PNG = b"\x89PNG\r\n\x1a\nfake"
 DATA_URL = "data:image/png;base64," + base64.b64encode(PNG).decode()
@@ -67,7 +67,7 @@ import asyncio  # noqa: E402
 
 import httpx  # noqa: E402
 
-from serve_app.chat_input import fetch_image_url, load_image  # noqa: E402
+from serve_app.api.chat_input import fetch_image_url, load_image  # noqa: E402
 from serve_app.config import ImageURLConfig  # noqa: E402
 
 ALLOWED = ImageURLConfig(allowed_domains=["images.example.com"])

@@ -8,7 +8,7 @@ import math
 import pytest
 from PIL import Image
 
-from serve_app.documents import check_page_count, is_pdf, parse_page_selector, pdf_page_count, render_page, render_scale
+from serve_app.inputs.documents import check_page_count, is_pdf, parse_page_selector, pdf_page_count, render_page, render_scale
 from serve_app.errors import InvalidRequestError, PayloadTooLargeError
 
 

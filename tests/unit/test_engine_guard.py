@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # the normal way (kill and reap), then it keeps running.
 DECODER = """
 import json, subprocess, sys
-from serve_app.engine_guard import child_pids, guard_children
+from serve_app.engines.engine_guard import child_pids, guard_children
 before_engine = subprocess.Popen(["sleep", "300"])
 existing = child_pids()
 engine = subprocess.Popen(["sleep", "300"])

@@ -12,7 +12,7 @@ from ray.serve import exceptions as serve_exceptions
 from starlette.requests import ClientDisconnect
 
 from serve_app.errors import EngineStoppedError, InvalidImageError, as_service_error, quiet_client_error_logs
-from serve_app.middleware import RequestMetricsMiddleware
+from serve_app.api.middleware import RequestMetricsMiddleware
 
 
 def test_an_upstream_replica_death_is_retriable():

@@ -20,10 +20,10 @@ from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
 from serve_app.config import LimitsConfig
-from serve_app.documents import parse_page_selector
+from serve_app.inputs.documents import parse_page_selector
 from serve_app.errors import InvalidRequestError, OCRServiceError
-from serve_app.images import MAX_ASPECT_RATIO, decode_image, fit_to_budget
-from serve_app.parsers import NORMALIZED_RANGE, parse_spotting
+from serve_app.inputs.images import MAX_ASPECT_RATIO, decode_image, fit_to_budget
+from serve_app.results.parsers import NORMALIZED_RANGE, parse_spotting
 
 LIMITS = LimitsConfig()
 FACTOR = 32  # HunYuanVL: patch 16 x merge 2

@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 
 from serve_app.config import LimitsConfig
 from serve_app.errors import InvalidImageError, PayloadTooLargeError
-from serve_app.images import (
+from serve_app.inputs.images import (
     DRAFT_GAP,
     PARALLEL_MIN_PIXELS,
     RESAMPLE,

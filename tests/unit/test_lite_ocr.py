@@ -1,4 +1,4 @@
-"""The PP-OCRv6 pipeline of serve_app.lite_ocr on text rendered with a TrueType font (models from the rapidocr wheel)."""
+"""The PP-OCRv6 pipeline of serve_app.model.lite_ocr on text rendered with a TrueType font (models from the rapidocr wheel)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serve_app.lite_ocr import (
+from serve_app.model.lite_ocr import (
     CLS_MODEL,
     DET_MODEL,
     REC_MODEL,

@@ -10,9 +10,9 @@ from PIL import Image
 from transformers import AutoProcessor
 
 from serve_app.config import OCRAppConfig
-from serve_app.hunyuan_vl import image_to_patch_pixels
-from serve_app.images import PARALLEL_MIN_PIXELS
-from serve_app.preprocessor import ImagePreparer
+from serve_app.model.hunyuan_vl import image_to_patch_pixels
+from serve_app.inputs.images import PARALLEL_MIN_PIXELS
+from serve_app.stages.preprocessor import ImagePreparer
 from serve_app.stage_io import PixelNormalization
 from tests.conftest import make_image, to_bytes
 

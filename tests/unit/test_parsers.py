@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from serve_app.parsers import (
+from serve_app.results.parsers import (
     FieldsParseError,
     parse_fields,
     parse_spotting,
     parse_table_rows,
     to_caller_pixels,
 )
-from serve_app.repetition import clean_repeated_tail, repeated_tail
+from serve_app.results.repetition import clean_repeated_tail, repeated_tail
 
 SPOTTING_TAGGED = (
     "<ref>INVOICE</ref><quad>(102,35),(398,80)</quad>"

@@ -8,10 +8,10 @@ from PIL import Image, ImageOps
 
 from serve_app.config import OCRAppConfig
 from serve_app.errors import ModelOutputError
-from serve_app.postprocess import structure
-from serve_app.preprocessor import ImagePreparer
+from serve_app.results.postprocess import structure
+from serve_app.stages.preprocessor import ImagePreparer
 from serve_app.stage_io import DecodeResult
-from serve_app.tasks import build_task_request
+from serve_app.model.tasks import build_task_request
 from tests.conftest import to_bytes
 
 STORED_BLOCK = (200, 150, 600, 330)  # x1, y1, x2, y2 of a black block in the stored (unrotated) image

@@ -13,11 +13,11 @@ import pytest
 from PIL import Image, ImageOps
 
 from serve_app.config import OCRAppConfig
-from serve_app.images import decode_image
-from serve_app.postprocess import structure
-from serve_app.preprocessor import ImagePreparer, PixelPreparer
+from serve_app.inputs.images import decode_image
+from serve_app.results.postprocess import structure
+from serve_app.stages.preprocessor import ImagePreparer, PixelPreparer
 from serve_app.stage_io import DecodeResult
-from serve_app.tasks import build_task_request
+from serve_app.model.tasks import build_task_request
 from tests.conftest import make_image, to_bytes
 
 ROOT = Path(__file__).resolve().parents[2]

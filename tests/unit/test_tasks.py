@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from serve_app.errors import InvalidRequestError
-from serve_app.tasks import TASKS, build_task_request, fields_json_schema
+from serve_app.model.tasks import TASKS, build_task_request, fields_json_schema
 
 OFFICIAL = {
     ("text", "zh"): "提取图中的文字。",

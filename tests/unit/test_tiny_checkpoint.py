@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from serve_app.tiny_checkpoint import (
+from serve_app.model.tiny_checkpoint import (
     IMAGE_END_TOKEN,
     IMAGE_START_TOKEN,
     IMAGE_TOKEN,
@@ -125,7 +125,7 @@ def test_ensure_builds_once_into_the_cache(tmp_path):
 
 
 def test_ensure_uses_a_checkpoint_that_won_the_race(tmp_path, monkeypatch):
-    import serve_app.tiny_checkpoint as module
+    import serve_app.model.tiny_checkpoint as module
 
     target = tmp_path / "tiny"
     real_build = module.build_tiny_checkpoint

@@ -11,8 +11,8 @@ from PIL import Image
 
 from serve_app.config import OCRAppConfig
 from serve_app.errors import InvalidImageError, InvalidRequestError, PayloadTooLargeError, ServiceUnavailableError
-from serve_app.schemas import OCRResponse
-from serve_app.ui import build_ui, draw_boxes, read_upload, upright_box, write_exports
+from serve_app.api.schemas import OCRResponse
+from serve_app.api.ui import build_ui, draw_boxes, read_upload, upright_box, write_exports
 from tests.conftest import to_bytes, with_exif_orientation
 
 RED = (255, 0, 0)

@@ -9,12 +9,12 @@ import time
 import numpy as np
 from ray import serve
 
-from serve_app.batching import BatchWhileBusy
+from serve_app.stages.batching import BatchWhileBusy
 from serve_app.config import OCRAppConfig
 from serve_app.errors import quiet_client_error_logs
-from serve_app.hunyuan_vl import encode_image_tensors, encode_images, load_vision_tower, resolve_device
+from serve_app.model.hunyuan_vl import encode_image_tensors, encode_images, load_vision_tower, resolve_device
 from serve_app.metrics import EncoderMetrics
-from serve_app.model_files import resolve_model_path
+from serve_app.model.model_files import resolve_model_path
 from serve_app.stage_io import DetectedText, ImageEmbeddings, PreparedImage
 
 
@@ -56,7 +56,7 @@ class TextDetectionEncoder:
     """PP-OCR family: text detection, crops and angle correction (one image at a time)."""
 
     def __init__(self, config: OCRAppConfig):
-        from serve_app.lite_ocr import TextDetector
+        from serve_app.model.lite_ocr import TextDetector
 
         self.detector = TextDetector(num_threads=config.model.num_threads)
 

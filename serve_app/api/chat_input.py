@@ -15,7 +15,7 @@ import httpx
 
 from serve_app.config import ImageURLConfig
 from serve_app.errors import InvalidRequestError, PayloadTooLargeError
-from serve_app.openai_schemas import ChatMessage, ImagePart, TextPart
+from serve_app.api.openai_schemas import ChatMessage, ImagePart, TextPart
 
 USER_AGENT = "hunyuan-ocr-serve (image_url fetch)"
 

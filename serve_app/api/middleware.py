@@ -10,7 +10,7 @@ import hmac
 import json
 import time
 
-from serve_app.auth import presented_key
+from serve_app.api.auth import presented_key
 from serve_app.errors import ClientClosedError, UnauthorizedError
 from serve_app.metrics import IngressMetrics
 

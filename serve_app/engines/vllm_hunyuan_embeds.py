@@ -37,7 +37,7 @@ from vllm.multimodal.inputs import MultiModalFieldConfig
 from vllm.multimodal.parse import DictEmbeddingItems, MultiModalDataItems, MultiModalDataParser
 from vllm.multimodal.processing import PromptReplacement, PromptUpdate
 
-MODEL_CLASS_OVERRIDE = "serve_app.vllm_hunyuan_embeds:HunYuanVLEmbedsForConditionalGeneration"
+MODEL_CLASS_OVERRIDE = "serve_app.engines.vllm_hunyuan_embeds:HunYuanVLEmbedsForConditionalGeneration"
 
 
 def image_token_counts(image_grid_thw: torch.Tensor, merge_size: int) -> torch.Tensor:

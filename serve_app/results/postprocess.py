@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from serve_app.errors import ModelOutputError
-from serve_app.parsers import (
+from serve_app.results.parsers import (
     FieldsParseError,
     oriented_to_stored,
     parse_fields,
@@ -14,7 +14,7 @@ from serve_app.parsers import (
     to_caller_pixels,
 )
 from serve_app.stage_io import DecodeResult, PreparedImage
-from serve_app.tasks import TASKS, TaskRequest
+from serve_app.model.tasks import TASKS, TaskRequest
 
 
 @dataclass

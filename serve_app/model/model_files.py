@@ -14,11 +14,11 @@ def resolve_model_path(model: ModelConfig) -> str:
     so each replica resolves it itself instead of trusting a path from another machine.
     """
     if model.family == "pp_ocr":
-        from serve_app.lite_ocr import MODEL_DIR  # the ONNX files ship inside the rapidocr wheel
+        from serve_app.model.lite_ocr import MODEL_DIR  # the ONNX files ship inside the rapidocr wheel
 
         return str(MODEL_DIR)
     if model.source == TINY_RANDOM_SOURCE:
-        from serve_app.tiny_checkpoint import ensure_tiny_checkpoint
+        from serve_app.model.tiny_checkpoint import ensure_tiny_checkpoint
 
         return str(ensure_tiny_checkpoint())
     local = Path(model.source).expanduser()

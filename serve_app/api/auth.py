@@ -3,7 +3,7 @@
 Callers send `Authorization: Bearer <key>`. Browsers cannot add that header to the web UI's own
 requests, so the UI answers 401 with a Basic challenge: the browser asks once (any user name, the
 key as password) and then attaches the credentials to every request of the page. The key is
-compared in constant time (serve_app.middleware) and never logged.
+compared in constant time (serve_app.api.middleware) and never logged.
 """
 
 from __future__ import annotations

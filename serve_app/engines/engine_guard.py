@@ -6,7 +6,7 @@ the decoder: vLLM's engine core does not watch its parent, and they keep their m
 on a GPU, where the next start then fails) and poll the CPU. A small guard process next to them
 watches instead: once the decoder is gone it kills them, and once they are gone it exits.
 
-    python -m serve_app.engine_guard <decoder pid> <poll seconds> <pid>:<create time> ...
+    python -m serve_app.engines.engine_guard <decoder pid> <poll seconds> <pid>:<create time> ...
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def guard_children(existing: set[int], poll_s: float = POLL_S) -> subprocess.Pop
     # pid and start time: a pid that a new process reuses later is not the engine's.
     targets = [f"{child.pid}:{child.create_time()!r}" for child in children]
     return subprocess.Popen(
-        [sys.executable, "-m", "serve_app.engine_guard", str(os.getpid()), str(poll_s), *targets],
+        [sys.executable, "-m", "serve_app.engines.engine_guard", str(os.getpid()), str(poll_s), *targets],
         stdin=subprocess.DEVNULL,
         start_new_session=True,  # not in the decoder's process group: a signal meant for it is not for us
     )

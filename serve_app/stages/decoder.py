@@ -17,8 +17,8 @@ from serve_app.engines import DecoderEngine, load_engine_class
 from serve_app.engines.base import collect
 from serve_app.errors import EngineStoppedError, quiet_client_error_logs
 from serve_app.metrics import DecoderMetrics
-from serve_app.model_files import resolve_model_path
-from serve_app.repetition import clean_repeated_tail, repeated_tail
+from serve_app.model.model_files import resolve_model_path
+from serve_app.results.repetition import clean_repeated_tail, repeated_tail
 from serve_app.stage_io import DecodeChunk, DecodeRequest, DecodeResult, DetectedText, ImageEmbeddings, SamplingOptions
 
 # Characters per token, roughly, to turn the guard's token sizes into text sizes for cleaning.

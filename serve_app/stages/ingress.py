@@ -25,8 +25,8 @@ from ray.exceptions import TaskCancelledError
 from ray.serve.exceptions import RequestCancelledError
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.auth import load_api_key
-from serve_app.chat_input import image_and_instruction, load_image
+from serve_app.api.auth import load_api_key
+from serve_app.api.chat_input import image_and_instruction, load_image
 from serve_app.config import OCRAppConfig
 from serve_app.errors import (
     InvalidRequestError,
@@ -39,8 +39,8 @@ from serve_app.errors import (
     validation_error,
 )
 from serve_app.metrics import IngressMetrics
-from serve_app.middleware import APIKeyMiddleware, RequestMetricsMiddleware
-from serve_app.openai_schemas import (
+from serve_app.api.middleware import APIKeyMiddleware, RequestMetricsMiddleware
+from serve_app.api.openai_schemas import (
     AssistantMessage,
     ChatCompletion,
     ChatCompletionChunk,
@@ -51,12 +51,12 @@ from serve_app.openai_schemas import (
     ModelCard,
     ModelList,
 )
-from serve_app.openai_schemas import Usage as ChatUsage
-from serve_app.postprocess import structure
-from serve_app.documents import check_page_count, is_pdf, parse_page_selector
-from serve_app.schemas import ErrorResponse, HealthResponse, ImageInfo, OCRResponse, PageResult, StageTimings, Usage
+from serve_app.api.openai_schemas import Usage as ChatUsage
+from serve_app.results.postprocess import structure
+from serve_app.inputs.documents import check_page_count, is_pdf, parse_page_selector
+from serve_app.api.schemas import ErrorResponse, HealthResponse, ImageInfo, OCRResponse, PageResult, StageTimings, Usage
 from serve_app.stage_io import DecodeResult, PreparedImage, SamplingOptions
-from serve_app.tasks import TaskRequest, build_task_request, fields_json_schema
+from serve_app.model.tasks import TaskRequest, build_task_request, fields_json_schema
 
 logger = logging.getLogger("ray.serve")
 
@@ -214,7 +214,7 @@ class OCRIngress:
         if self.config.ui.enabled:
             import gradio as gr
 
-            from serve_app.ui import build_ui
+            from serve_app.api.ui import build_ui
 
             gr.mount_gradio_app(
                 self._asgi_app,

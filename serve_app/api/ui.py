@@ -25,8 +25,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from serve_app.config import OCRAppConfig
 from serve_app.errors import InvalidRequestError, OCRServiceError, PayloadTooLargeError, as_service_error
-from serve_app.schemas import OCRResponse
-from serve_app.tasks import TASKS
+from serve_app.api.schemas import OCRResponse
+from serve_app.model.tasks import TASKS
 
 logger = logging.getLogger("ray.serve")
 

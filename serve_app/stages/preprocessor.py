@@ -12,11 +12,11 @@ from ray import serve
 
 from serve_app.config import OCRAppConfig
 from serve_app.errors import InvalidRequestError, quiet_client_error_logs
-from serve_app.hunyuan_vl import image_to_patch_pixels
-from serve_app.documents import pdf_page_count, render_page
+from serve_app.model.hunyuan_vl import image_to_patch_pixels
+from serve_app.inputs.documents import pdf_page_count, render_page
 from serve_app.metrics import PreprocessorMetrics
-from serve_app.images import DecodedImage, budget_size, decode_image, fit_decoded
-from serve_app.model_files import resolve_model_path
+from serve_app.inputs.images import DecodedImage, budget_size, decode_image, fit_decoded
+from serve_app.model.model_files import resolve_model_path
 from serve_app.stage_io import PixelNormalization, PreparedImage
 
 

@@ -1,0 +1,1 @@
+"""Untrusted input: image decoding, limits and resizing; PDF pages."""

@@ -1,0 +1,1 @@
+"""Model text -> what the APIs return: parsers, per-task structuring, the repetition guard."""
