@@ -22,6 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from serve_app.profiles import TEXT_ZH  # noqa: E402
+
 
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
@@ -78,7 +80,7 @@ class InProcessPipeline:
     async def send(self, payload: bytes, max_tokens: int) -> int:
         from serve_app.stage_io import DecodeRequest, SamplingOptions
 
-        prepared = await asyncio.to_thread(self.preparer.prepare, payload, self.config.default_instruction)
+        prepared = await asyncio.to_thread(self.preparer.prepare, payload, TEXT_ZH)
         [embeddings] = await asyncio.to_thread(self.encoder.encode, [prepared])
         result = await self.engine.generate(
             DecodeRequest(prepared.prompt, embeddings, SamplingOptions(max_tokens=max_tokens))

@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.plotting import pyplot_or_none  # noqa: E402
 from serve_app.config import OCRAppConfig  # noqa: E402
+from serve_app.profiles import TEXT_ZH  # noqa: E402
 from serve_app.inputs.images import decode_image, fit_decoded  # noqa: E402
 
 DEFAULT_OUT = ROOT / "bench" / "results" / "preprocess.json"
@@ -115,7 +116,7 @@ def measure(data: bytes, budget: tuple[int, int], checkpoint: Path, runs: int, i
         model={"min_pixels": min_pixels, "max_pixels": max_pixels}, preprocessor={"image_threads": image_threads}
     )
     preparer = ImagePreparer(config, str(checkpoint))
-    limits, instruction = config.limits, config.default_instruction
+    limits, instruction = config.limits, TEXT_ZH
     factor = preparer.resize_factor
 
     image_processor = preparer.processor.image_processor

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from pydantic import ValidationError
@@ -13,9 +14,14 @@ from ray.serve import Application
 from serve_app.config import OCRAppConfig
 from serve_app.stages.decoder import Decoder
 from serve_app.engines import DecoderEngine
+from serve_app.model.model_files import pin_revision
+from serve_app.profiles import PROMPT_RESERVE_TOKENS, max_image_tokens
 from serve_app.stages.ingress import OCRIngress
 from serve_app.stages.preprocessor import Preprocessor
 from serve_app.stages.vision_encoder import VisionEncoder
+
+
+logger = logging.getLogger("ray.serve")
 
 
 class ConfigError(ValueError):
@@ -40,12 +46,36 @@ def load_config(args: OCRAppConfig | dict[str, Any] | None) -> OCRAppConfig:
             validate_engine_args(config.decoder.engine_args)
         except ValueError as error:
             raise ConfigError(f"Invalid serve_app config: decoder.engine_args: {error}") from None
+        check_context(config)
     return config
 
 
+def check_context(config: OCRAppConfig) -> None:
+    """The decoder's context must hold the largest page's image tokens and a prompt; if it cannot also hold
+    max_tokens_cap more, requests that ask for that much get max_tokens lowered (with a warning) instead."""
+    max_model_len = config.decoder.engine_args.get("max_model_len")
+    if max_model_len is None or config.model.family != "hunyuan_vl":
+        return  # vLLM's default: the model's own max_position_embeddings
+    page_tokens = max_image_tokens(config.model.max_pixels) + PROMPT_RESERVE_TOKENS
+    if max_model_len < page_tokens:
+        raise ConfigError(
+            f"Invalid serve_app config: decoder.engine_args.max_model_len {max_model_len} cannot hold a page at "
+            f"model.max_pixels {config.model.max_pixels} (up to {page_tokens} tokens with the prompt); raise it or "
+            "lower max_pixels."
+        )
+    if max_model_len < page_tokens + config.limits.max_tokens_cap:
+        logger.warning(
+            "decoder.engine_args.max_model_len %d < %d (largest page and prompt) + limits.max_tokens_cap %d: requests "
+            "asking for more than fits get max_tokens lowered, with a warning",
+            max_model_len, page_tokens, config.limits.max_tokens_cap,
+        )
+
+
 def build_app(args: dict[str, Any]) -> Application:
-    """Entry point of `serve run` (Ray Serve calls it with the config file's `args`)."""
-    return build_graph(load_config(args))
+    """Entry point of `serve run` (Ray Serve calls it with the config file's `args`). A hub branch is resolved
+    to its commit here, once: every replica then loads that exact commit."""
+    config = load_config(args)
+    return build_graph(config.model_copy(update={"model": pin_revision(config.model)}))
 
 
 def build_graph(config: OCRAppConfig, engine_class: type[DecoderEngine] | None = None) -> Application:

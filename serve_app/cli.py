@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
-from serve_app.model.tasks import TASKS
+from serve_app.model.tasks import TASK_NAMES
 
 CONTENT_TYPES = {
     ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
@@ -358,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("inputs", nargs="+", help="files, folders (recursive) or glob patterns (quote them: '**/*.pdf')")
     parser.add_argument("-o", "--output", required=True, help="output folder (results.jsonl, errors.jsonl, one file per document)")
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="the deployment (default %(default)s)")
-    parser.add_argument("--task", default="text", choices=list(TASKS), help="default %(default)s")
+    parser.add_argument("--task", default="text", choices=list(TASK_NAMES), help="default %(default)s")
     parser.add_argument("--lang", choices=["zh", "en"], help="language of the official instruction")
     parser.add_argument("--fields", help="keys for --task fields, comma-separated")
     parser.add_argument("--target-language", help="target of --task translate")

@@ -14,6 +14,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 TINY_RANDOM_SOURCE = "builtin:tiny-random"
+# The PP-OCR family reads pages at HunyuanOCR 1.0's budget (it sizes rendered PDF pages).
+LITE_MIN_PIXELS, LITE_MAX_PIXELS = 512 * 512, 2048 * 2048
 
 
 class _Strict(BaseModel):
@@ -31,12 +33,22 @@ class ModelConfig(_Strict):
         description=f"Hub id, local checkpoint directory, or '{TINY_RANDOM_SOURCE}' "
         "(a tiny random checkpoint of the same architecture, built offline on first use).",
     )
-    revision: str | None = Field(None, description="Hub revision (commit) to pin; ignored for local paths.")
+    version: Literal["1.5", "1.0"] = Field(
+        "1.5", description="HunyuanOCR release whose official recipe (serve_app/profiles.py) gives the defaults of "
+        "revision, subfolder, the pixel budget, max_tokens, decoding and the repetition stop; fields set here win."
+    )
+    revision: str | None = Field(
+        None, description="Hub branch or commit. Unset: the version's (1.5: main, 1.0: its last commit). A branch is "
+        "resolved to a commit once, when the app is built, and every replica loads that commit. Ignored for local paths."
+    )
+    subfolder: str | None = Field(None, description="Folder of the checkpoint inside the hub repo (e.g. 'v1.0').")
     served_model_name: str = Field("tencent/HunyuanOCR", description="Model id reported by the API.")
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     device: Literal["auto", "cuda", "cpu"] = Field("auto", description="Torch device of the vision encoder.")
-    min_pixels: int = Field(512 * 512, gt=0, description="Pixel budget lower bound of the image processor.")
-    max_pixels: int = Field(2048 * 2048, gt=0, description="Pixel budget upper bound of the image processor.")
+    min_pixels: int = Field(512 * 512, gt=0, description="Pixel budget lower bound (default: the version's).")
+    max_pixels: int = Field(
+        4096 * 4096, gt=0, description="Pixel budget upper bound (default: the version's; 1.5 4096x4096, 1.0 2048x2048)."
+    )
     num_threads: int = Field(1, ge=1, description="onnxruntime threads per replica (pp_ocr family).")
 
     @model_validator(mode="after")
@@ -55,8 +67,8 @@ class LimitsConfig(_Strict):
     max_prompt_chars: int = Field(4_000, gt=0, description="Longest accepted instruction.")
     max_pages: int = Field(50, ge=1, description="Most pages (PDF pages or images) in one request.")
     pdf_max_dpi: int = Field(200, ge=36, description="PDF pages render at most at this DPI (and within max_pixels).")
-    max_tokens_cap: int = Field(16_384, gt=0, description="Server-side cap on max_tokens.")
-    default_max_tokens: int = Field(2_048, gt=0, description="max_tokens when the caller gives none.")
+    max_tokens_cap: int = Field(32_768, gt=0, description="Server-side cap on max_tokens (default: the version's).")
+    default_max_tokens: int = Field(4_096, gt=0, description="max_tokens when the caller gives none (default: the version's).")
     request_timeout_s: float = Field(
         300.0, gt=0, description="Longest a request may take end to end; past it the pipeline is cancelled and "
         "the caller gets 504. Keep Ray's http_options.request_timeout_s above it as a backstop."
@@ -69,14 +81,33 @@ class LimitsConfig(_Strict):
         return self
 
 
+class DecodingConfig(_Strict):
+    """Sampling settings every request gets (default: the version's official ones). A request may ask for a
+    temperature (then top_k and top_p apply); the repetition penalty is the model's and always applies."""
+
+    temperature: float = Field(0.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(-1, ge=-1, description="-1: no top-k cut.")
+    repetition_penalty: float = Field(1.08, gt=0, description="1.5's official 1.08 ('built in, do not change'); 1.0: 1.0.")
+
+
 class RepetitionGuardConfig(_Strict):
-    """Stop a generation whose tail loops, and keep one copy of a repeated tail in cut-off text."""
+    """The official clients' early stop and final cleanup, on the generated text (characters, not tokens).
+
+    While generating: from `start_chars` on, every `check_every_chars`, the last `window_chars` are checked for a
+    tail that is one unit of at most `max_unit_chars` repeated `min_repeats` times (a unit of only whitespace does
+    not count); then generation stops. At the end, a text of at least `cleanup_min_chars` whose tail is one unit
+    (>= 2 characters) repeated `cleanup_min_repeats` times keeps one copy of it. Legitimately repetitive output
+    shorter than start_chars (runs of empty table rows, say) is never stopped."""
 
     enabled: bool = True
-    min_repeats: int = Field(8, ge=2, description="Copies of one block that count as a loop.")
-    max_period_tokens: int = Field(64, ge=1, description="Longest repeated block looked for (tokens).")
-    min_span_tokens: int = Field(64, ge=1, description="A loop must span at least this many tokens.")
-    check_every_tokens: int = Field(16, ge=1, description="How often the tail is checked while generating.")
+    start_chars: int = Field(4000, ge=1)
+    check_every_chars: int = Field(1000, ge=1)
+    window_chars: int = Field(8000, ge=2)
+    max_unit_chars: int = Field(256, ge=1)
+    min_repeats: int = Field(8, ge=2)
+    cleanup_min_chars: int = Field(2000, ge=0, description="Default: the version's (1.5: 2000, 1.0: 8000).")
+    cleanup_min_repeats: int = Field(10, ge=2)
 
 
 class AutoscalingConfig(_Strict):
@@ -255,7 +286,7 @@ class ImageURLConfig(_Strict):
 class OCRAppConfig(_Strict):
     model: ModelConfig = ModelConfig()
     limits: LimitsConfig = LimitsConfig()
-    default_instruction: str = Field("提取图中的文字。", min_length=1, description="Used when no prompt is given.")
+    decoding: DecodingConfig = DecodingConfig()
     repetition_guard: RepetitionGuardConfig = RepetitionGuardConfig()
     fields_max_value_chars: int = Field(
         256, ge=1, description="Longest value per key in the fields task (bounds guided JSON strings)."
@@ -268,6 +299,34 @@ class OCRAppConfig(_Strict):
     security: SecurityConfig = SecurityConfig()
     image_url: ImageURLConfig = ImageURLConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _version_defaults(cls, data: Any) -> Any:
+        """Fill what the YAML leaves unset from the model version's profile (explicit values win)."""
+        if not isinstance(data, dict):
+            return data
+        from serve_app.profiles import HUB_ID, profile_for
+
+        data = dict(data)
+        model = data.get("model")
+        model_fields = model.model_dump(exclude_unset=True) if isinstance(model, BaseModel) else dict(model or {})
+        profile = profile_for(model_fields.get("version", "1.5"))
+        model_defaults = {"min_pixels": profile.min_pixels, "max_pixels": profile.max_pixels}
+        if model_fields.get("family") == "pp_ocr":
+            model_defaults = {"min_pixels": LITE_MIN_PIXELS, "max_pixels": LITE_MAX_PIXELS}  # PDF render size
+        elif model_fields.get("source", HUB_ID) == profile.hub_id:
+            model_defaults.update(revision=profile.revision, subfolder=profile.subfolder)
+        data["model"] = _with_defaults(model, model_defaults)
+        data["limits"] = _with_defaults(
+            data.get("limits"),
+            {"max_tokens_cap": profile.max_tokens_cap, "default_max_tokens": profile.default_max_tokens},
+        )
+        data["decoding"] = _with_defaults(data.get("decoding"), profile.decoding.model_dump())
+        data["repetition_guard"] = _with_defaults(
+            data.get("repetition_guard"), {"cleanup_min_chars": profile.cleanup_min_chars}
+        )
+        return data
+
     @classmethod
     def from_serve_config(cls, path: str | Path, app_name: str | None = None) -> OCRAppConfig:
         """Read the `args` of an application in a Ray Serve config file."""
@@ -277,3 +336,11 @@ class OCRAppConfig(_Strict):
             if app_name is None or application.get("name") == app_name:
                 return cls.model_validate(application.get("args") or {})
         raise ValueError(f"{path}: no application named {app_name!r}")
+
+
+def _with_defaults(section: Any, defaults: dict[str, Any]) -> Any:
+    """A config section (dict, model or None) with `defaults` for the fields it does not set."""
+    if isinstance(section, BaseModel):
+        unset = {key: value for key, value in defaults.items() if key not in section.model_fields_set}
+        return type(section).model_validate({**section.model_dump(exclude_unset=True), **unset})
+    return {**defaults, **(section or {})}

@@ -137,11 +137,12 @@ class SpottedLine:
 
 @dataclass
 class SamplingOptions:
-    """Decoding settings. HunyuanOCR is served greedy (official: temperature 0, top_k 1)."""
+    """Decoding settings (the config's `decoding`: the model version's official ones, greedy)."""
 
     max_tokens: int = 1024
     temperature: float = 0.0
-    top_k: int = 1
+    top_p: float = 1.0
+    top_k: int = -1
     repetition_penalty: float = 1.0
     json_schema: dict | None = None  # guided decoding (vLLM structured outputs) when set
     # Tokens per chunk the engine hands back (the first and last come at once regardless). 1 for streams;
@@ -167,6 +168,7 @@ class DecodeChunk:
     prompt_token_ids: list[int] | None = None  # set on the first chunk: the prompt exactly as the engine got it
     finish_reason: str | None = None  # set on the last chunk: "stop", "length" or "repetition"
     spotted: list[SpottedLine] | None = None  # on the last chunk, from engines that locate text
+    warnings: list[str] | None = None  # e.g. max_tokens lowered to fit the context
 
 
 @dataclass

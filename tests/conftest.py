@@ -72,7 +72,15 @@ def page() -> Image.Image:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
-    """The tiny random HunyuanOCR-architecture checkpoint, built once per test session."""
+    """The tiny random HunyuanOCR-architecture checkpoint in 1.5's config layout, built once per test session."""
     from serve_app.model.tiny_checkpoint import build_tiny_checkpoint
 
     return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-hunyuan-vl"))
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint_1_0(tmp_path_factory):
+    """The same tiny model in 1.0's config layout (flat text keys, legacy rope_scaling)."""
+    from serve_app.model.tiny_checkpoint import build_tiny_checkpoint
+
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-hunyuan-vl-1.0"), layout="1.0")

@@ -101,6 +101,10 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int = Field(default_factory=lambda: int(time.time()))
     owned_by: str = "tencent"
+    # Like vLLM's `root`: where the weights come from; plus the exact commit and the recipe's version.
+    root: str | None = None
+    revision: str | None = None
+    version: str | None = None
 
 
 class ModelList(BaseModel):

@@ -36,12 +36,24 @@ class SpottedBox(BaseModel):
     bbox: list[int] = Field(description="[x1, y1, x2, y2] in the pixels of the image as sent.")
 
 
+class Region(BaseModel):
+    """A layout region (layout/layout_parse tasks)."""
+
+    category: str = Field(description="Canonical category: paragraph, section_title, para_title, table, "
+                          "table_title, figure, figure_title, header, footer, ...")
+    polygon: list[list[int]] = Field(description="[[x, y], ...] (4 or more points) in the pixels of the image as sent.")
+    text: str = Field(description="The region's content (layout_parse); empty for layout.")
+
+
 class PageResult(BaseModel):
     page: int = Field(description="1-based page number (PDF page, or position of the image in the request).")
     text: str
     boxes: list[SpottedBox] | None = None
     fields: dict[str, Any] | None = None
     rows: list[list[str]] | None = None
+    regions: list[Region] | None = Field(
+        None, description="layout/layout_parse tasks: regions in reading order, polygon in the caller's pixels."
+    )
     finish_reason: str
     usage: Usage
     timings_ms: StageTimings
@@ -59,6 +71,9 @@ class OCRResponse(BaseModel):
     boxes: list[SpottedBox] | None = Field(None, description="spotting: text lines with boxes.")
     fields: dict[str, Any] | None = Field(None, description="fields: exactly the requested keys.")
     rows: list[list[str]] | None = Field(None, description="table/document: table cells, when the HTML parses.")
+    regions: list[Region] | None = Field(
+        None, description="layout/layout_parse tasks: regions in reading order, polygon in the caller's pixels."
+    )
     finish_reason: str = Field(
         description="'stop'; 'length' when max_tokens cut the text; 'repetition' when the repetition guard stopped it."
     )
@@ -83,6 +98,16 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+class ServedModel(BaseModel):
+    """Which checkpoint every replica loaded: the source, the HunyuanOCR version, and the exact hub commit."""
+
+    id: str = Field(description="The model id the API reports (served_model_name).")
+    source: str = Field(description="Hub id, local directory or builtin source.")
+    version: str | None = Field(None, description="HunyuanOCR release whose recipe is served (None: PP-OCR).")
+    revision: str | None = Field(None, description="Hub commit every replica loads (resolved once at start).")
+
+
 class HealthResponse(BaseModel):
     status: str
     stages: dict[str, str]
+    model: ServedModel

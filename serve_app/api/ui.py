@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw, ImageFont
 from serve_app.config import OCRAppConfig
 from serve_app.errors import InvalidRequestError, OCRServiceError, PayloadTooLargeError, as_service_error
 from serve_app.api.schemas import OCRResponse
-from serve_app.model.tasks import TASKS
+from serve_app.model.tasks import available_tasks
 
 logger = logging.getLogger("ray.serve")
 
@@ -35,9 +35,11 @@ Recognize = Callable[..., Awaitable[OCRResponse]]
 TASK_LABELS = {
     "text": "Text", "spotting": "Text with positions (boxes)", "document": "Document (Markdown)",
     "table": "Table", "formula": "Formula (LaTeX)", "chart": "Chart", "fields": "Fields (key: value)",
-    "subtitles": "Subtitles", "translate": "Translate",
+    "subtitles": "Subtitles", "translate": "Translate", "spotting_json": "Text with positions (JSON)",
+    "layout": "Layout regions", "layout_parse": "Document with layout", "doc_translate": "Document into Chinese",
 }
-RENDERED_TASKS = {"document", "table", "chart", "formula", "translate"}  # shown as rendered Markdown/HTML
+# Shown as rendered Markdown/HTML.
+RENDERED_TASKS = {"document", "table", "chart", "formula", "translate", "doc_translate", "layout_parse"}
 ERROR_TITLES = {400: "Please check the image or the options", 413: "The file is too large",
                 415: "This file type is not supported", 422: "The answer could not be structured",
                 503: "The service is busy"}
@@ -68,8 +70,24 @@ def upright_box(bbox, orientation: int, size: tuple[int, int]) -> list[float]:
     return [min(ax, bx), min(ay, by), max(ax, bx), max(ay, by)]
 
 
+def upright_point(x: float, y: float, orientation: int, size: tuple[int, int]) -> tuple[float, float]:
+    """A point in stored pixels (as the API returns region polygons) in the upright image's pixels."""
+    if orientation not in UPRIGHT:
+        return float(x), float(y)
+    return UPRIGHT[orientation][1](x, y, *size)
+
+
+def _draw_label(draw: ImageDraw.ImageDraw, x: float, y1: float, y2: float, label: str, color: str, font, width: int):
+    """A filled label above y1 (below y2 when there is no room above), at x."""
+    left, top, right, bottom = draw.textbbox((x, y1), label, font=font)
+    ly = y1 - (bottom - top) - 2 * width if y1 > bottom - top + 2 * width else y2
+    draw.rectangle((x, ly, x + right - left + 2 * width, ly + bottom - top + 2 * width), fill=color)
+    draw.text((x + width, ly + width - (top - y1)), label, fill="white", font=font)
+
+
 def draw_boxes(image_bytes: bytes, response: OCRResponse) -> Image.Image:
-    """The image upright (as a browser shows it), each spotted box drawn and numbered like the table rows."""
+    """The image upright (as a browser shows it), each spotted box drawn and numbered like the table rows,
+    and each layout region's polygon drawn and labelled with its category."""
     with Image.open(io.BytesIO(image_bytes)) as stored:
         image = stored.convert("RGB")
     orientation = response.image.exif_orientation
@@ -86,11 +104,15 @@ def draw_boxes(image_bytes: bytes, response: OCRResponse) -> Image.Image:
         x1, y1, x2, y2 = (v * scale for v in upright_box(box.bbox, orientation, stored_size))
         color = BOX_COLORS[(number - 1) % len(BOX_COLORS)]
         draw.rectangle((x1, y1, x2, y2), outline=color, width=width)
-        label = str(number)
-        left, top, right, bottom = draw.textbbox((x1, y1), label, font=font)
-        ly = y1 - (bottom - top) - 2 * width if y1 > bottom - top + 2 * width else y2
-        draw.rectangle((x1, ly, x1 + right - left + 2 * width, ly + bottom - top + 2 * width), fill=color)
-        draw.text((x1 + width, ly + width - (top - y1)), label, fill="white", font=font)
+        _draw_label(draw, x1, y1, y2, str(number), color, font, width)
+    for number, region in enumerate(response.regions or [], start=1):
+        points = [tuple(v * scale for v in upright_point(x, y, orientation, stored_size)) for x, y in region.polygon]
+        if len(points) < 2:
+            continue
+        color = BOX_COLORS[(number - 1) % len(BOX_COLORS)]
+        draw.polygon(points, outline=color, width=width)
+        xs, ys = [x for x, _ in points], [y for _, y in points]
+        _draw_label(draw, min(xs), min(ys), max(ys), region.category, color, font, width)
     return image
 
 
@@ -193,7 +215,7 @@ def error_html(error: OCRServiceError) -> str:
 
 def build_ui(recognize: Recognize, config: OCRAppConfig) -> gr.Blocks:
     family, limits = config.model.family, config.limits
-    tasks = [name for name, spec in TASKS.items() if family in spec.families]
+    tasks = list(available_tasks(family, config.model.version))
     is_vlm = family == "hunyuan_vl"
     concurrency = config.ui.concurrency_limit
 
@@ -216,8 +238,9 @@ def build_ui(recognize: Recognize, config: OCRAppConfig) -> gr.Blocks:
                                     visible=False, elem_id="ocr-fields")
                 target = gr.Textbox(label="Translate into", value="English", visible=False, elem_id="ocr-target")
                 with gr.Accordion("More options", open=False, visible=is_vlm):  # PP-OCR takes no instruction
+                    # 1.5 publishes Chinese instructions only (they read documents in any language).
                     lang = gr.Radio([("Chinese (recommended)", "zh"), ("English", "en")], value="zh",
-                                    label="Language of the instruction")
+                                    label="Language of the instruction", visible=config.model.version == "1.0")
                     prompt = gr.Textbox(label="Your own instruction (optional, replaces the task's)", lines=2,
                                         max_length=limits.max_prompt_chars)
                     max_tokens = gr.Number(value=limits.default_max_tokens, precision=0, minimum=1,
@@ -280,7 +303,7 @@ def build_ui(recognize: Recognize, config: OCRAppConfig) -> gr.Blocks:
             if response.pages is not None:  # a PDF: the boxes of each page are in its table rows
                 spotting = any(page.boxes is not None for page in response.pages)
             overlay_image = None
-            if response.boxes is not None:
+            if response.boxes is not None or response.regions:
                 try:
                     overlay_image = await asyncio.to_thread(draw_boxes, image_bytes, response)  # off the event loop
                 except Exception as failure:  # the table still shows the boxes

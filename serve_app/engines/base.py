@@ -44,7 +44,9 @@ async def collect(chunks: AsyncIterator[DecodeChunk]) -> DecodeResult:
     texts: list[str] = []
     token_ids: list[int] = []
     prompt_tokens, prompt_token_ids, finish_reason, spotted = 0, [], None, None
+    warnings: list[str] = []
     async for chunk in chunks:
+        warnings.extend(chunk.warnings or ())
         spotted = chunk.spotted if chunk.spotted is not None else spotted
         texts.append(chunk.text)
         token_ids.extend(chunk.token_ids)
@@ -62,4 +64,5 @@ async def collect(chunks: AsyncIterator[DecodeChunk]) -> DecodeResult:
         prompt_token_ids=prompt_token_ids,
         spotted=spotted,
         decode_ms=(time.perf_counter() - started) * 1000,
+        warnings=warnings,
     )

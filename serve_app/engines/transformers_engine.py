@@ -162,6 +162,7 @@ class TransformersEngine(DecoderEngine):
         if sampling.temperature > 0 and sampling.top_k != 1:
             options.update(do_sample=True, temperature=float(sampling.temperature))
             options["top_k"] = int(sampling.top_k) if sampling.top_k > 0 else None
+            options["top_p"] = float(sampling.top_p)
         else:
             options["do_sample"] = False
         return GenerationConfig(**options)

@@ -83,6 +83,23 @@ def build_engine_args(model: ModelConfig, decoder: DecoderConfig, model_path: st
     return args
 
 
+def fit_max_tokens(params, prompt_tokens: int, max_model_len: int) -> str | None:
+    """Clamp `params.max_tokens` to what fits the context after the prompt (a page's image tokens included);
+    the warning to return, or None. A prompt that leaves no room is refused (ValueError: a 400)."""
+    room = max_model_len - prompt_tokens
+    if room < 1:
+        raise ValueError(
+            f"the prompt takes {prompt_tokens} tokens (the image included); the decoder's max_model_len is {max_model_len}"
+        )
+    if params.max_tokens <= room:
+        return None
+    asked, params.max_tokens = params.max_tokens, room
+    return (
+        f"max_tokens was lowered from {asked} to {room}: the prompt takes {prompt_tokens} of the decoder's "
+        f"{max_model_len} context tokens."
+    )
+
+
 def _ray_stat_loggers() -> list | None:
     """In a Ray process, vLLM's engine metrics (vllm:* -> ray_vllm_*) go out through Ray's metrics."""
     import ray
@@ -179,6 +196,7 @@ class VLLMEngine(DecoderEngine):
                 max_tokens=sampling.max_tokens,
                 temperature=sampling.temperature,
                 top_k=sampling.top_k,
+                top_p=sampling.top_p,
                 repetition_penalty=sampling.repetition_penalty,
                 skip_special_tokens=True,
                 structured_outputs=(
@@ -190,6 +208,7 @@ class VLLMEngine(DecoderEngine):
             # Render (tokenize, expand the image placeholder) ourselves, off the event loop; passing
             # raw prompts to generate() is deprecated in vLLM 0.32.
             (engine_input,) = await llm.renderer.render_cmpl_async([parse_model_prompt(llm.model_config, prompt)])
+            warning = fit_max_tokens(params, len(engine_input["prompt_token_ids"]), llm.model_config.max_model_len)
         except (ValueError, VLLMClientError) as error:
             # e.g. image tokens + max_tokens over max_model_len: the caller can fix it (smaller image/max_tokens).
             raise InvalidRequestError(f"The decoder rejected the request: {error}") from error
@@ -207,6 +226,7 @@ class VLLMEngine(DecoderEngine):
                     if output.finished and finish_reason not in ("stop", "length"):
                         raise RuntimeError(f"vLLM finished request {request_id} with reason {finish_reason!r}")
                     yield DecodeChunk(
+                        warnings=[warning] if warning and not sent_prompt else None,
                         text=completion.text,
                         token_ids=list(completion.token_ids),
                         prompt_tokens=len(output.prompt_token_ids or []),

@@ -1,92 +1,21 @@
-"""The task registry: one place mapping a task name to its official instruction, parser and decoding.
-
-HunyuanOCR is one model doing many jobs by instruction. The instructions below are the official
-ones from its README, in Chinese (the default: users report it works better) and English.
+"""Task requests: a task name and its options -> the instruction that reaches the model, and how its answer
+is structured. The task table itself is per model version (serve_app/profiles.py): HunyuanOCR's
+official instructions, byte for byte.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
 
 from serve_app.errors import InvalidRequestError
+from serve_app.profiles import PROFILES, TRANSLATE_TARGETS_1_5, OutputKind, TaskSpec, profile_for
 
-Lang = Literal["zh", "en"]
-OutputKind = Literal["text", "spotting", "markdown", "html", "latex", "fields"]
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    name: str
-    instruction_zh: str
-    instruction_en: str
-    output: OutputKind  # which parser turns the model text into structured results
-    description: str
-    families: tuple[str, ...] = ("hunyuan_vl",)  # model families that can do it
+# Every task name any version knows (the batch CLI's choices; the server checks against its own version).
+TASK_NAMES: tuple[str, ...] = tuple(dict.fromkeys(name for profile in PROFILES.values() for name in profile.tasks))
 
 
-BOTH_FAMILIES = ("hunyuan_vl", "pp_ocr")
-
-TASKS: dict[str, TaskSpec] = {
-    spec.name: spec
-    for spec in (
-        TaskSpec("text", "提取图中的文字。", "Extract the text in the image.", "text", "Plain text.", BOTH_FAMILIES),
-        TaskSpec(
-            "spotting",
-            "检测并识别图片中的文字，将文本坐标格式化输出。",
-            "Detect and recognize text in the image, and output the text coordinates in a formatted manner.",
-            "spotting",
-            "Text lines with boxes in the caller's pixel coordinates.",
-            BOTH_FAMILIES,
-        ),
-        TaskSpec(
-            "document",
-            "提取文档图片中正文的所有信息用 markdown 格式表示，其中页眉、页脚部分忽略，表格用 html 格式表达，"
-            "文档中公式用 latex 格式表示，按照阅读顺序组织进行解析。",
-            "Extract all information from the main body of the document image and represent it in markdown "
-            "format, ignoring headers and footers. Tables should be expressed in HTML format, formulas in the "
-            "document should be represented using LaTeX format, and the parsing should be organized according "
-            "to the reading order.",
-            "markdown",
-            "Markdown with HTML tables and LaTeX formulas.",
-        ),
-        TaskSpec("table", "把图中的表格解析为 HTML。", "Parse the table in the image into HTML.", "html", "An HTML table."),
-        TaskSpec(
-            "formula",
-            "识别图片中的公式，用 LaTeX 格式表示。",
-            "Identify the formula in the image and represent it using LaTeX format.",
-            "latex",
-            "LaTeX.",
-        ),
-        TaskSpec(
-            "chart",
-            "解析图中的图表，对于流程图使用 Mermaid 格式表示，其他图表使用 Markdown 格式表示。",
-            "Parse the chart in the image; use Mermaid format for flowcharts and Markdown for other charts.",
-            "markdown",
-            "Mermaid for flowcharts, Markdown otherwise.",
-        ),
-        TaskSpec(
-            "fields",
-            "提取图片中的: {keys} 的字段内容，并按照 JSON 格式返回。",
-            "Extract the content of the fields: {keys} from the image and return it in JSON format.",
-            "fields",
-            "JSON with exactly the requested keys (needs `fields`).",
-        ),
-        TaskSpec("subtitles", "提取图片中的字幕。", "Extract the subtitles from the image.", "text", "Subtitle text."),
-        TaskSpec(
-            "translate",
-            "先提取文字，再将文字内容翻译为{language}。若是文档，则其中页眉、页脚忽略。公式用latex格式表示，表格用html格式表示。",
-            "First extract the text, then translate the text content into {language}. If it is a document, ignore "
-            "the header and footer. Formulas should be represented in LaTeX format, and tables should be "
-            "represented in HTML format.",
-            "markdown",
-            "Translation (target_language, default English).",
-        ),
-    )
-}
-
-# Target language names as the Chinese instruction writes them (英文 is the official example).
+# Target language names as 1.0's Chinese instruction writes them (英文 is the official example).
 LANGUAGE_NAMES_ZH = {
     "english": "英文", "chinese": "中文", "japanese": "日文", "korean": "韩文", "french": "法文",
     "german": "德文", "spanish": "西班牙文", "portuguese": "葡萄牙文", "italian": "意大利文",
@@ -96,16 +25,28 @@ LANGUAGE_NAMES_ZH = {
 MAX_FIELDS = 64
 MAX_FIELD_NAME_CHARS = 100
 MAX_LANGUAGE_CHARS = 40
+NOT_OFFICIAL_WARNING = (
+    "HunyuanOCR {version} publishes no instruction for the task {task!r}; the server sends HunyuanOCR 1.0's, "
+    "which this version was not documented to follow."
+)
 
 
 @dataclass(frozen=True)
 class TaskRequest:
-    """What the caller asked for, validated: the task, and the instruction that reaches the model."""
+    """What the caller asked for, validated: the task, the instruction that reaches the model, and how the
+    answer is structured."""
 
     task: str
     instruction: str
+    output: OutputKind = "text"
     fields: tuple[str, ...] = ()
     custom_prompt: bool = False
+    warnings: tuple[str, ...] = field(default=())
+
+
+def available_tasks(family: str = "hunyuan_vl", version: str = "1.5") -> dict[str, TaskSpec]:
+    """The tasks a server of this model family and version does, in the table's order."""
+    return {name: spec for name, spec in profile_for(version).tasks.items() if family in spec.families}
 
 
 def build_task_request(
@@ -115,14 +56,18 @@ def build_task_request(
     target_language: str | None = None,
     prompt: str | None = None,
     family: str = "hunyuan_vl",
+    version: str = "1.5",
 ) -> TaskRequest:
     """Resolve a task name (default `text`) and its options to the instruction; a free prompt wins."""
     name = (task or "text").strip().lower()
-    spec = TASKS.get(name)
+    tasks = profile_for(version).tasks
+    spec = tasks.get(name)
     if spec is None:
-        raise InvalidRequestError(f"Unknown task {task!r}; choose one of: {', '.join(TASKS)}.", "task")
+        other = [v for v, profile in PROFILES.items() if name in profile.tasks and family == "hunyuan_vl"]
+        hint = f" (it needs HunyuanOCR {other[0]}; this server runs {version})" if other else ""
+        raise InvalidRequestError(f"Unknown task {task!r}{hint}; choose one of: {', '.join(tasks)}.", "task")
     if family not in spec.families:
-        supported = ", ".join(name for name, other in TASKS.items() if family in other.families)
+        supported = ", ".join(available_tasks(family, version))
         raise InvalidRequestError(
             f"Task {name!r} needs the vision-language model (HunyuanOCR); this server runs the {family} model, "
             f"which does: {supported}.",
@@ -137,13 +82,30 @@ def build_task_request(
     if name == "fields" and not keys and not prompt:
         raise InvalidRequestError("Task 'fields' needs the list of keys to extract, e.g. fields=company,date,total.", "fields")
     if prompt is not None and prompt.strip():
-        return TaskRequest(name, prompt, keys, custom_prompt=True)
-    template = spec.instruction_zh if language == "zh" else spec.instruction_en
+        return TaskRequest(name, prompt, spec.output, keys, custom_prompt=True)
+    if language == "en" and spec.instruction_en is None and family == "hunyuan_vl":
+        raise InvalidRequestError(
+            f"HunyuanOCR {version} publishes its instruction for {name!r} in Chinese only (it reads documents in any "
+            "language); omit lang or use lang=zh.",
+            "lang",
+        )
+    template = spec.instruction_en if language == "en" and spec.instruction_en else spec.instruction_zh
+    warnings = () if spec.official else (NOT_OFFICIAL_WARNING.format(version=version, task=name),)
     if name == "fields":
-        return TaskRequest(name, template.format(keys=format_keys(keys)), keys)
-    if name == "translate":
-        return TaskRequest(name, template.format(language=target_language_name(target_language, language)))
-    return TaskRequest(name, template)
+        instruction = template.format(keys=format_keys(keys))
+    elif name == "translate":
+        instruction = template.format(language=target_language_name(target_language, language, version))
+    elif name == "doc_translate":
+        if target_language is not None and TRANSLATE_TARGETS_1_5.get(target_language.strip().lower()) != "中文":
+            raise InvalidRequestError(
+                "doc_translate translates a document into Chinese only (the official doc_trans_en2zh); use the "
+                "translate task for English.",
+                "target_language",
+            )
+        instruction = template
+    else:
+        instruction = template
+    return TaskRequest(name, instruction, spec.output, keys, warnings=warnings)
 
 
 def normalize_fields(fields: list[str] | None) -> tuple[str, ...]:
@@ -175,12 +137,22 @@ def format_keys(keys: tuple[str, ...]) -> str:
     return "[" + ",".join("'" + key.replace("'", "\\'") + "'" for key in keys) + "]"
 
 
-def target_language_name(target_language: str | None, lang: str) -> str:
+def target_language_name(target_language: str | None, lang: str, version: str = "1.0") -> str:
     language = (target_language or "English").strip()
     if not language or len(language) > MAX_LANGUAGE_CHARS:
         raise InvalidRequestError(
             f"target_language must be a language name of at most {MAX_LANGUAGE_CHARS} characters.", "target_language"
         )
+    if version == "1.5":
+        # 1.5's official translation instructions: trans_other2en and trans_other2zh, nothing else.
+        name = TRANSLATE_TARGETS_1_5.get(language.lower())
+        if name is None:
+            raise InvalidRequestError(
+                "HunyuanOCR 1.5's official translation targets are English and Chinese; for another language send "
+                "your own instruction as `prompt`.",
+                "target_language",
+            )
+        return name
     if lang == "zh":
         return LANGUAGE_NAMES_ZH.get(language.lower(), language)
     return language[:1].upper() + language[1:]

@@ -16,6 +16,16 @@ module builds that in about a second:
   random model emits visible text; vision tower with patch 16 and spatial merge 2 like the real one);
 - an image processor with a small pixel budget so tests stay fast.
 
+Two config layouts, as the two releases ship them (`layout`):
+- "1.5" (default): a nested `text_config`, with the text backbone keys also kept at the top level;
+  vision `max_vit_seq_len` 65,536 and `img_max_token_num` 16,384; no repetition_penalty in
+  generation_config.json.
+- "1.0": the text keys flat at the top level (but for an untied tie_word_embeddings, which transformers
+  reads from text_config only) with a legacy `rope_scaling` ({"type": "xdrope", ...,
+  "xdrope_section"}); vision `max_vit_seq_len` 16,384 and `img_max_token_num` 4,096; repetition_penalty 1.03
+  in generation_config.json (the serving profile sends 1.0's official 1.0 explicitly).
+Both load into the same transformers model with the same weights (tested).
+
 Weights and configs are byte-identical across builds with the same seed.
 """
 
@@ -29,7 +39,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-DEFAULT_CACHE_DIR = Path("~/.cache/hunyuan-ocr-serve/tiny-random-v1").expanduser()
+CACHE_ROOT = Path("~/.cache/hunyuan-ocr-serve").expanduser()
+LAYOUTS = ("1.5", "1.0")
+
+
+def default_cache_dir(layout: str = "1.5") -> Path:
+    return CACHE_ROOT / f"tiny-random-v2-{layout}"
 
 # Special tokens, spelled like the real HunyuanOCR vocabulary (its ids are 120000+, ours follow the BPE vocab).
 BOS_TOKEN = "<｜hy_begin▁of▁sentence｜>"
@@ -353,11 +368,48 @@ def build_full_size_config(ids: dict[str, int], vocab_size: int = 120818):
     return config
 
 
-def build_tiny_checkpoint(output_dir: str | Path, seed: int = 0) -> Path:
-    """Build the tiny random HunyuanOCR-architecture checkpoint into `output_dir` and return its path.
+def _rewrite_config_layout(output: Path, layout: str) -> None:
+    """save_pretrained writes transformers' nested layout; rewrite config.json (and generation_config.json)
+    the way the release of `layout` ships them."""
+    config_path, generation_path = output / "config.json", output / "generation_config.json"
+    config = json.loads(config_path.read_text())
+    generation = json.loads(generation_path.read_text())
+    text = dict(config["text_config"])
+    text.pop("model_type", None)
+    vision = config["vision_config"]
+    if layout == "1.5":
+        for key, value in text.items():  # duplicates at the top level, "for checkpoint compatibility"
+            config.setdefault(key, value)
+        vision.update(max_vit_seq_len=65536, img_max_token_num=16384)
+    elif layout == "1.0":
+        # Text keys flat, as 1.0 ships them, except tie_word_embeddings: transformers reads a flat layout's tie
+        # flag from text_config only (default True), and the real 1.0 is tied, but this tiny model is untied
+        # so that its random output is visible text.
+        config["text_config"] = {"tie_word_embeddings": text.pop("tie_word_embeddings")}
+        rope = dict(text.pop("rope_parameters"))
+        rope.pop("rope_type", None)
+        section = rope.pop("mrope_section")
+        theta = rope.pop("rope_theta")
+        for key, value in text.items():
+            config.setdefault(key, value)
+        config["rope_theta"] = theta
+        config["rope_scaling"] = {"type": "xdrope", **rope, "xdrope_section": section}
+        vision.update(max_vit_seq_len=16384, img_max_token_num=4096)
+        generation["repetition_penalty"] = 1.03
+    else:
+        raise ValueError(f"unknown checkpoint layout {layout!r}; one of {LAYOUTS}")
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    generation_path.write_text(json.dumps(generation, indent=2, sort_keys=True) + "\n")
+
+
+def build_tiny_checkpoint(output_dir: str | Path, seed: int = 0, layout: str = "1.5") -> Path:
+    """Build the tiny random HunyuanOCR-architecture checkpoint into `output_dir` and return its path,
+    with the config layout of release `layout` ("1.5" or "1.0").
 
     Offline and deterministic: the same seed gives byte-identical weights, configs and tokenizer files.
     """
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown checkpoint layout {layout!r}; one of {LAYOUTS}")
     import torch
     from transformers import GenerationConfig, HunYuanVLForConditionalGeneration, HunYuanVLProcessor
     from transformers.models.hunyuan_vl.image_processing_hunyuan_vl import HunYuanVLImageProcessor
@@ -385,22 +437,23 @@ def build_tiny_checkpoint(output_dir: str | Path, seed: int = 0) -> Path:
     image_processor = HunYuanVLImageProcessor(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
     processor = HunYuanVLProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
     processor.save_pretrained(output)
+    _rewrite_config_layout(output, layout)
     return output
 
 
-def ensure_tiny_checkpoint(cache_dir: Path | None = None) -> Path:
+def ensure_tiny_checkpoint(cache_dir: Path | None = None, layout: str = "1.5") -> Path:
     """Build the tiny checkpoint into `cache_dir` once (atomically) and return its path.
 
     Builds into a temporary sibling directory and renames it into place; if another process finished first,
     its checkpoint is used and ours is discarded.
     """
-    target = Path(cache_dir).expanduser() if cache_dir is not None else DEFAULT_CACHE_DIR
+    target = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir(layout)
     if (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.building-", dir=target.parent))
     try:
-        build_tiny_checkpoint(staging)
+        build_tiny_checkpoint(staging, layout=layout)
         try:
             os.rename(staging, target)
         except OSError:
@@ -422,8 +475,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("output_dir", type=Path, help="directory to write the checkpoint into")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--layout", choices=LAYOUTS, default="1.5", help="config layout of this release")
     args = parser.parse_args(argv)
-    path = build_tiny_checkpoint(args.output_dir, seed=args.seed)
+    path = build_tiny_checkpoint(args.output_dir, seed=args.seed, layout=args.layout)
     print(path)
 
 

@@ -18,11 +18,11 @@ from serve_app.engines.base import collect
 from serve_app.errors import EngineStoppedError, quiet_client_error_logs
 from serve_app.metrics import DecoderMetrics
 from serve_app.model.model_files import resolve_model_path
-from serve_app.results.repetition import clean_repeated_tail, repeated_tail
+from serve_app.results.repetition import TailRepetitionCheck, clean_repeated_substrings
 from serve_app.stage_io import DecodeChunk, DecodeRequest, DecodeResult, DetectedText, ImageEmbeddings, SamplingOptions
 
-# Characters per token, roughly, to turn the guard's token sizes into text sizes for cleaning.
-CHARS_PER_TOKEN = 4
+# Tokens per chunk when only the whole text is wanted: fewer output objects, chunks and guard steps.
+COLLECT_CHUNK_TOKENS = 16
 # After the engine died: time for the failed requests' 503s to leave before the replica exits.
 EXIT_AFTER_ENGINE_DEATH_S = 1.0
 
@@ -30,33 +30,27 @@ logger = logging.getLogger("ray.serve")
 
 
 async def guarded(chunks: AsyncIterator[DecodeChunk], guard: RepetitionGuardConfig) -> AsyncIterator[DecodeChunk]:
-    """Pass chunks through; stop (closing the engine's stream, which aborts it) once the tail loops."""
-    token_ids: list[int] = []
-    next_check = guard.check_every_tokens
+    """Pass chunks through; stop (closing the engine's stream, which aborts it) once the text's tail loops, as
+    the official clients' streaming check does."""
+    check = TailRepetitionCheck(
+        guard.start_chars, guard.check_every_chars, guard.window_chars, guard.max_unit_chars, guard.min_repeats
+    )
     async with contextlib.aclosing(chunks):
         async for chunk in chunks:
-            token_ids.extend(chunk.token_ids)
-            if guard.enabled and chunk.finish_reason is None and len(token_ids) >= next_check:
-                next_check = len(token_ids) + guard.check_every_tokens
-                if repeated_tail(token_ids, guard.min_repeats, guard.max_period_tokens, guard.min_span_tokens):
-                    chunk.finish_reason = "repetition"
-                    yield chunk
-                    return
+            if guard.enabled and check.add(chunk.text) and chunk.finish_reason is None:
+                chunk.finish_reason = "repetition"
+                yield chunk
+                return
             yield chunk
 
 
 def clean_result(result: DecodeResult, guard: RepetitionGuardConfig) -> DecodeResult:
-    """Cut-off text (by max_tokens or the guard) keeps one copy of a looping tail."""
+    """The official final cleanup: a long text whose tail loops keeps one copy of it."""
     if result.finish_reason == "repetition":
         result.warnings.append("The model started repeating itself; generation was stopped early.")
-    if guard.enabled and result.finish_reason in ("length", "repetition"):
-        text, cleaned = clean_repeated_tail(
-            result.text,
-            guard.min_repeats,
-            guard.max_period_tokens * CHARS_PER_TOKEN,
-            guard.min_span_tokens,
-        )
-        if cleaned:
+    if guard.enabled:
+        text = clean_repeated_substrings(result.text, guard.cleanup_min_chars, guard.cleanup_min_repeats)
+        if text != result.text:
             result.text = text
             result.warnings.append("A repeated tail was removed from the text.")
     return result
@@ -88,10 +82,9 @@ class Decoder:
         self, prompt: str, image: ImageEmbeddings | DetectedText, sampling: SamplingOptions, request_id: str
     ) -> DecodeResult:
         started = time.perf_counter()
-        # Nobody reads the chunks but the repetition guard, which checks every check_every_tokens: chunks
-        # of that size instead of one per token make that many times fewer output objects, chunks and
-        # guard/metrics steps here.
-        interval = max(sampling.stream_interval, self.guard.check_every_tokens)
+        # Nobody reads the chunks but the repetition guard: chunks of several tokens instead of one make that
+        # many times fewer output objects, chunks and guard/metrics steps here.
+        interval = max(sampling.stream_interval, COLLECT_CHUNK_TOKENS)
         sampling = dataclasses.replace(sampling, stream_interval=interval)
         stream = self._measured(self.engine.stream(DecodeRequest(prompt, image, sampling, request_id)))
         try:

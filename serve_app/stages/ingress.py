@@ -52,9 +52,19 @@ from serve_app.api.openai_schemas import (
     ModelList,
 )
 from serve_app.api.openai_schemas import Usage as ChatUsage
+from serve_app.results.doc_normalize import normalize_document
 from serve_app.results.postprocess import structure
 from serve_app.inputs.documents import check_page_count, is_pdf, parse_page_selector
-from serve_app.api.schemas import ErrorResponse, HealthResponse, ImageInfo, OCRResponse, PageResult, StageTimings, Usage
+from serve_app.api.schemas import (
+    ErrorResponse,
+    HealthResponse,
+    ImageInfo,
+    OCRResponse,
+    PageResult,
+    ServedModel,
+    StageTimings,
+    Usage,
+)
 from serve_app.stage_io import DecodeResult, PreparedImage, SamplingOptions
 from serve_app.model.tasks import TaskRequest, build_task_request, fields_json_schema
 
@@ -207,6 +217,14 @@ class OCRIngress:
         # key file that cannot be read fails the replica (no silent fall back to an open service).
         self.api_key = load_api_key(config.security)
         self.metrics = IngressMetrics()
+        model = config.model
+        is_hunyuan = model.family == "hunyuan_vl"
+        self.served_model = ServedModel(
+            id=model.served_model_name,
+            source=model.source,
+            version=model.version if is_hunyuan else None,
+            revision=model.revision if is_hunyuan else None,
+        )
 
     def __serve_build_asgi_app__(self):
         """Serve calls this in the replica once the class-based routes are bound: the web UI is
@@ -241,7 +259,7 @@ class OCRIngress:
         return prompt
 
     def _sampling(self, task: TaskRequest, max_tokens: int | None, temperature: float | None = None) -> SamplingOptions:
-        limits = self.config.limits
+        limits, decoding = self.config.limits, self.config.decoding
         if max_tokens is None:
             max_tokens = limits.default_max_tokens
         elif not 1 <= max_tokens <= limits.max_tokens_cap:
@@ -249,9 +267,16 @@ class OCRIngress:
                 f"max_tokens must be between 1 and {limits.max_tokens_cap}; got {max_tokens}.", "max_tokens"
             )
         schema = fields_json_schema(task.fields, self.config.fields_max_value_chars) if task.fields else None
-        if temperature:  # an explicit sampling request; the official decoding is greedy
-            return SamplingOptions(max_tokens=max_tokens, temperature=temperature, top_k=-1, json_schema=schema)
-        return SamplingOptions(max_tokens=max_tokens, json_schema=schema)
+        # The version's official decoding; a request's explicit temperature asks for sampling instead of greedy
+        # (over the whole vocabulary: 1.0's top_k 1 would make it greedy again).
+        return SamplingOptions(
+            max_tokens=max_tokens,
+            temperature=temperature if temperature else decoding.temperature,
+            top_p=decoding.top_p,
+            top_k=-1 if temperature else decoding.top_k,
+            repetition_penalty=decoding.repetition_penalty,
+            json_schema=schema,
+        )
 
     def _stages(self, image_bytes: bytes, task: TaskRequest):
         """Start the chain. The encoder gets the preprocessor's response by reference: pixels never
@@ -356,8 +381,9 @@ class OCRIngress:
         """Pages fan out concurrently and come back in order."""
         started = started or time.perf_counter()
         limits = self.config.limits
+        model = self.config.model
         task_request = build_task_request(
-            task, lang, fields, target_language, self._check_prompt(prompt), self.config.model.family
+            task, lang, fields, target_language, self._check_prompt(prompt), model.family, model.version
         )
         sampling = self._sampling(task_request, max_tokens)
         request_id = uuid.uuid4().hex
@@ -398,7 +424,7 @@ class OCRIngress:
             page = page_results[0]
             return OCRResponse(
                 **common,
-                **page.model_dump(include={"text", "boxes", "fields", "rows", "finish_reason", "image", "warnings"}),
+                **page.model_dump(include={"text", "boxes", "regions", "fields", "rows", "finish_reason", "image", "warnings"}),
                 usage=usage,
                 timings_ms=timings,
                 token_ids=token_ids[0][0] if return_token_ids else None,
@@ -427,6 +453,7 @@ class OCRIngress:
             page=number,
             text=result.text,
             boxes=structured.boxes,
+            regions=structured.regions,
             fields=structured.fields,
             rows=structured.rows,
             finish_reason=result.finish_reason,
@@ -489,7 +516,10 @@ class OCRIngress:
 
     @app.get("/v1/models", response_model=ModelList)
     async def models(self) -> ModelList:
-        return ModelList(data=[ModelCard(id=self.config.model.served_model_name)])
+        served = self.served_model
+        return ModelList(
+            data=[ModelCard(id=served.id, root=served.source, revision=served.revision, version=served.version)]
+        )
 
     @app.post(
         "/v1/chat/completions",
@@ -521,7 +551,8 @@ class OCRIngress:
         if family != "hunyuan_vl":
             text = None  # models without instructions: the task (default text) decides, the chat text is ignored
         task_request = build_task_request(
-            body.task, body.lang, body.fields, body.target_language, self._check_prompt(text), family
+            body.task, body.lang, body.fields, body.target_language, self._check_prompt(text), family,
+            self.config.model.version,
         )
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         sampling = self._sampling(task_request, max_tokens, body.temperature)
@@ -539,6 +570,8 @@ class OCRIngress:
                 self._chat_stream(chunks, request_id, include_usage, deadline), media_type="text/event-stream"
             )
         _, result = await self.within_deadline(self._run(image_bytes, task_request, sampling, request_id))
+        if task_request.output == "document" and not task_request.custom_prompt:
+            result.text = normalize_document(result.text)  # as /ocr does: the official doc_parse post-processing
         if self.config.security.log_payloads:
             logger.info("request %s: text %r", request_id, result.text)
         return ChatCompletion(
@@ -603,5 +636,5 @@ class OCRIngress:
             except Exception as error:  # a stage that cannot answer makes the service unhealthy
                 stages[name] = f"unavailable: {type(error).__name__}"
         healthy = all(state == "ok" for state in stages.values())
-        body = HealthResponse(status="ok" if healthy else "unavailable", stages=stages)
+        body = HealthResponse(status="ok" if healthy else "unavailable", stages=stages, model=self.served_model)
         return JSONResponse(body.model_dump(), status_code=200 if healthy else 503)

@@ -17,6 +17,7 @@ from serve_app.inputs.documents import pdf_page_count, render_page
 from serve_app.metrics import PreprocessorMetrics
 from serve_app.inputs.images import DecodedImage, budget_size, decode_image, fit_decoded
 from serve_app.model.model_files import resolve_model_path
+from serve_app.profiles import chat_messages, profile_for
 from serve_app.stage_io import PixelNormalization, PreparedImage
 
 
@@ -39,6 +40,7 @@ class ImagePreparer:
         self.model_size_for = functools.partial(
             budget_size, factor=self.resize_factor, min_pixels=config.model.min_pixels, max_pixels=config.model.max_pixels
         )
+        self.system_message = profile_for(config.model.version).system_message
         self.reserved_tokens = [token for token in self.processor.tokenizer.all_special_tokens if token]
         # A big photo is resized in bands on these threads (the same pixels up to rounding).
         self.image_threads = config.preprocessor.image_threads
@@ -52,7 +54,8 @@ class ImagePreparer:
         for token in self.reserved_tokens:
             if token in instruction:
                 raise InvalidRequestError(f"prompt contains the reserved token {token!r}; remove it.", "prompt")
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": instruction}]}]
+        # The official clients' message list (an empty system message first), through the checkpoint's own template.
+        messages = chat_messages(instruction, self.system_message)
         return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     def prepare(self, image_bytes: bytes, instruction: str) -> PreparedImage:

@@ -22,17 +22,26 @@ HTTP_PORT = free_port()
 BASE_URL = f"http://127.0.0.1:{HTTP_PORT}"
 # Ray's Prometheus endpoint for this session (the stages' metrics are exported there).
 METRICS_PORT = free_port()
-ROUTES = {"vllm": "/vllm", "transformers": "/transformers"}
+ROUTES = {"vllm": "/vllm", "transformers": "/transformers"}  # HunyuanOCR 1.5's recipe, 1.5's config layout
+# The same graphs with 1.0's recipe on the tiny model in 1.0's config layout.
+ROUTES_1_0 = {"vllm": "/vllm-1-0", "transformers": "/transformers-1-0"}
 LITE_ROUTE = "/lite"
 # The lite graph again with the security options on: an API key and an image_url allow-list.
 SECURE_ROUTE = "/secure"
 SECURE_API_KEY = "test-key-" + "7f3a9c1e5b"
 
 
-def graph_config(checkpoint: str, engine: str) -> OCRAppConfig:
+def graph_config(checkpoint: str, engine: str, version: str = "1.5") -> OCRAppConfig:
     config = OCRAppConfig.from_serve_config(ROOT / "configs" / "cpu.yaml").model_dump()
     config["model"]["source"] = checkpoint
     config["decoder"]["engine"] = engine
+    if version != config["model"]["version"]:
+        # The other version's recipe where cpu.yaml does not set its own (pixels, max_tokens, the guard: its own).
+        from serve_app.profiles import profile_for
+
+        profile = profile_for(version)
+        config["model"]["version"] = version
+        config["decoding"] = profile.decoding.model_dump()
     if engine == "transformers":
         config["decoder"]["engine_args"] = {}
     return OCRAppConfig.model_validate(config)
@@ -105,7 +114,12 @@ def secure_config(key_file: Path) -> OCRAppConfig:
 
 
 @pytest.fixture(scope="session")
-def served(tiny_checkpoint, tmp_path_factory):
+def checkpoints(tiny_checkpoint, tiny_checkpoint_1_0) -> dict[str, str]:
+    return {"1.5": str(tiny_checkpoint), "1.0": str(tiny_checkpoint_1_0)}
+
+
+@pytest.fixture(scope="session")
+def served(checkpoints, tmp_path_factory):
     import ray
     from ray import serve
 
@@ -113,11 +127,14 @@ def served(tiny_checkpoint, tmp_path_factory):
     ray.init(num_cpus=8, include_dashboard=False, configure_logging=False, _metrics_export_port=METRICS_PORT)
     serve.start(http_options={"host": "127.0.0.1", "port": HTTP_PORT})
     for engine, route in ROUTES.items():
-        serve.run(build_graph(graph_config(str(tiny_checkpoint), engine)), name=engine, route_prefix=route)
+        serve.run(build_graph(graph_config(checkpoints["1.5"], engine)), name=engine, route_prefix=route)
+    for engine, route in ROUTES_1_0.items():
+        config = graph_config(checkpoints["1.0"], engine, "1.0")
+        serve.run(build_graph(config), name=f"{engine}-1-0", route_prefix=route)
     serve.run(build_graph(OCRAppConfig.from_serve_config(ROOT / "configs" / "lite.yaml")), name="lite", route_prefix=LITE_ROUTE)
     key_file = tmp_path_factory.mktemp("secure") / "api_key"
     key_file.write_text(SECURE_API_KEY + "\n")
     serve.run(build_graph(secure_config(key_file)), name="secure", route_prefix=SECURE_ROUTE)
-    yield str(tiny_checkpoint)
+    yield checkpoints["1.5"]
     serve.shutdown()
     ray.shutdown()

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import make_image, to_bytes, with_exif_orientation
-from tests.integration.conftest import BASE_URL, ROUTES, graph_config
+from tests.integration.conftest import BASE_URL, ROUTES, ROUTES_1_0, graph_config
 from tests.reference import reference_generate
 
 pytestmark = pytest.mark.integration
@@ -36,16 +36,26 @@ def parity_images() -> dict[str, tuple[bytes, Image.Image]]:
     return encoded
 
 
-@pytest.mark.parametrize("engine", list(ROUTES))
-def test_concurrent_http_results_match_transformers_generate_token_for_token(served, engine):
-    config = graph_config(served, engine)
+GRAPHS = {f"{engine}@1.5": (route, "1.5") for engine, route in ROUTES.items()} | {
+    f"{engine}@1.0": (route, "1.0") for engine, route in ROUTES_1_0.items()
+}
+
+
+@pytest.mark.parametrize("graph", list(GRAPHS))
+def test_concurrent_http_results_match_transformers_generate_token_for_token(served, checkpoints, graph):
+    """Both engines, on both versions' recipes and config layouts: the served graph (the official message list,
+    the version's repetition penalty) == transformers' own generate, token for token."""
+    route, version = GRAPHS[graph]
+    engine = graph.split("@")[0]
+    checkpoint = checkpoints[version]
+    config = graph_config(checkpoint, engine, version)
     images = parity_images()
 
     async def send_all():
         async with httpx.AsyncClient(base_url=BASE_URL, timeout=300) as client:
             requests = [
                 client.post(
-                    f"{ROUTES[engine]}/ocr",
+                    f"{route}/ocr",
                     params={"max_tokens": MAX_TOKENS, "prompt": INSTRUCTION, "return_token_ids": "true"},
                     content=data,
                     headers={"Content-Type": "application/octet-stream"},
@@ -59,7 +69,8 @@ def test_concurrent_http_results_match_transformers_generate_token_for_token(ser
         assert response.status_code == 200, (name, response.text)
         body = response.json()
         expected_text, expected_ids = reference_generate(
-            served, image, INSTRUCTION, MAX_TOKENS, config.model.min_pixels, config.model.max_pixels
+            checkpoint, image, INSTRUCTION, MAX_TOKENS, config.model.min_pixels, config.model.max_pixels,
+            config.decoding.repetition_penalty,
         )
         assert body["token_ids"] == expected_ids, name
         # vLLM's incremental detokenizer holds back a trailing incomplete UTF-8 sequence (which
@@ -143,10 +154,16 @@ def test_body_over_the_limit_is_413(served):
     assert response.json()["error"]["type"] == "payload_too_large"
 
 
-def test_healthz_reports_every_stage(served):
+def test_healthz_reports_every_stage_and_the_served_model(served, checkpoints):
     response = httpx.get(f"{BASE_URL}/vllm/healthz", timeout=30)
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "stages": {"preprocessor": "ok", "encoder": "ok", "decoder": "ok"}}
+    model = {"id": "hunyuan-ocr-tiny-random", "source": served, "version": "1.5", "revision": None}  # local: no commit
+    assert response.json() == {
+        "status": "ok", "stages": {"preprocessor": "ok", "encoder": "ok", "decoder": "ok"}, "model": model
+    }
+    assert httpx.get(f"{BASE_URL}/vllm-1-0/healthz", timeout=30).json()["model"]["version"] == "1.0"
+    (card,) = httpx.get(f"{BASE_URL}/vllm-1-0/v1/models", timeout=30).json()["data"]
+    assert (card["root"], card["version"]) == (checkpoints["1.0"], "1.0")
 
 
 def test_openapi_documents_the_ocr_endpoint(served):

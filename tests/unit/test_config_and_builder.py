@@ -16,6 +16,27 @@ ROOT = Path(__file__).resolve().parents[2]
 STAGES = {"Preprocessor": "preprocessor", "VisionEncoder": "encoder", "Decoder": "decoder", "OCRIngress": "ingress"}
 
 
+# The commit the tests' hub cache says `main` is (no hub here: the builder's offline path reads it).
+CACHED_MAIN = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture(autouse=True)
+def offline_hub_cache(tmp_path, monkeypatch):
+    """No network, as on CI: asking the hub fails, and a hub cache records `main` of tencent/HunyuanOCR."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    refs = tmp_path / "hub" / "models--tencent--HunyuanOCR" / "refs"
+    refs.mkdir(parents=True)
+    (refs / "main").write_text(CACHED_MAIN)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", unreachable)
+
+
 def serve_args(config_path: Path) -> dict:
     return yaml.safe_load(config_path.read_text())["applications"][0]["args"]
 
@@ -72,8 +93,12 @@ def test_production_plan_fits_one_gpu_with_fractions_and_autoscaling():
     # Official HunyuanOCR serving flags.
     assert config.decoder.engine_args["enable_prefix_caching"] is False
     assert config.decoder.engine_args["mm_processor_cache_gb"] == 0
-    assert config.model.source == "tencent/HunyuanOCR" and config.model.revision
+    assert config.model.source == "tencent/HunyuanOCR" and config.model.version == "1.5"
     assert config.model.dtype == "bfloat16"
+    # `main` was resolved once, in the builder: every stage gets the same commit.
+    for name in STAGES:
+        (stage_config, *_) = deployments[name].init_args
+        assert stage_config.model.revision == CACHED_MAIN, name
 
 
 def test_cpu_config_schedules_on_two_cores():

@@ -130,9 +130,9 @@ def test_ensure_uses_a_checkpoint_that_won_the_race(tmp_path, monkeypatch):
     target = tmp_path / "tiny"
     real_build = module.build_tiny_checkpoint
 
-    def build_then_lose(output_dir, seed=0):
-        real_build(output_dir, seed)
-        real_build(target, seed)  # another process finishes first
+    def build_then_lose(output_dir, seed=0, layout="1.5"):
+        real_build(output_dir, seed, layout)
+        real_build(target, seed, layout)  # another process finishes first
         (target / "winner").write_text("theirs")
         return output_dir
 

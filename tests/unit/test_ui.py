@@ -51,6 +51,31 @@ def test_overlay_is_drawn_upright_on_an_exif_rotated_photo():
     assert overlay.getpixel((160, 60)) == (255, 255, 255) and overlay.getpixel((60, 160)) == (255, 255, 255)
 
 
+def test_layout_regions_are_drawn_upright_and_labelled(tmp_path):
+    stored = Image.new("RGB", (300, 200), "white")
+    regions = [{"category": "table", "polygon": [[10, 20], [110, 20], [110, 60], [10, 60]], "text": ""}]
+    layout = response(task="layout", boxes=None, orientation=6, size=(300, 200), regions=regions)
+    image_bytes = with_exif_orientation(stored, 6)
+    overlay = draw_boxes(image_bytes, layout)
+    # The same place as the spotted box above: the stored [10, 20, 110, 60] lands on [140, 10, 180, 110].
+    assert overlay.size == (200, 300)
+    assert overlay.getpixel((179, 60)) != (255, 255, 255) and overlay.getpixel((141, 60)) != (255, 255, 255)
+    assert overlay.getpixel((160, 60)) == (255, 255, 255) and overlay.getpixel((60, 160)) == (255, 255, 255)
+    plain = draw_boxes(image_bytes, layout.model_copy(update={"regions": None}))
+    # The category's label: no room above the top edge (y=10), so under the bottom one (y=110).
+    label_area = [(x, y) for x in range(145, 175) for y in range(113, 125)]
+    assert any(overlay.getpixel(p) != plain.getpixel(p) for p in label_area)
+
+    async def recognize(*args):
+        return layout
+
+    _, run = handler(OCRAppConfig(), recognize)
+    path = tmp_path / "page.jpg"
+    path.write_bytes(image_bytes)
+    outputs = asyncio.run(run({"path": str(path)}, None, "", "text", "zh", "", "English", "", 64))
+    assert outputs[4]["visible"] is True and outputs[4]["value"].size == (200, 300)
+
+
 def test_upload_is_read_as_sent_and_limits_apply(tmp_path):
     with pytest.raises(InvalidRequestError, match="image first"):
         read_upload(None, 100)
