@@ -5,21 +5,35 @@
 PYTHON ?= python3
 VENV ?= .venv
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
+# The CUDA version vllm==0.32.0's PyPI wheel (pyproject.toml's gpu extra) is built for: its metadata requires
+# nvidia-cutlass-dsl[cu13] and torch==2.13.0, whose PyPI wheel requires cuda-toolkit==13.0.3 (checked with
+# `pip install --dry-run --report` of both). Update it with the vllm pin.
+VLLM_CUDA := 13.0
+# 0: skip the driver check (e.g. a vLLM wheel for an older CUDA is already installed in the venv).
+CUDA_DRIVER_CHECK ?= 1
 ifeq ($(HAS_GPU),1)
 EXTRA := gpu
 SERVE_CONFIG ?= serve_config.yaml
 CPU_COMPAT :=
+ifeq ($(CUDA_DRIVER_CHECK),1)
+# Before installing: stop, saying what to do, if the driver is older than the wheel's CUDA.
+CHECK_DRIVER := $(PYTHON) serve_app/cuda_driver_check.py $(VLLM_CUDA)
+else
+CHECK_DRIVER :=
+endif
 else
 EXTRA := cpu
 SERVE_CONFIG ?= configs/lite.yaml
 # Only the CPU install gets the import fix for PyPI's CUDA-only torchvision/torchaudio/torchcodec.
 CPU_COMPAT := ./cpu_compat
+CHECK_DRIVER :=
 endif
 
 .PHONY: install serve test
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml cpu_compat/pyproject.toml
+	$(CHECK_DRIVER)
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --upgrade pip
 	$(VENV)/bin/pip install -e '.[$(EXTRA),dev]' $(CPU_COMPAT)

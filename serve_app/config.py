@@ -212,6 +212,11 @@ class PreprocessorConfig(StageConfig):
 
 class EncoderConfig(StageConfig):
     max_batch_size: int = Field(8, ge=1, description="Most images per vision tower call.")
+    max_batch_patches: int | None = Field(
+        None, ge=1, description="Most 16x16 patches per vision tower call (the images' sizes added up), so that a "
+        "batch of large pages does not run out of GPU memory; an image larger than this runs alone. None: no cap "
+        "(only max_batch_size). A 2048x2048 page is 16384 patches."
+    )
     batch_wait_timeout_s: float = Field(
         0.0, ge=0, description="How long a call that would hold one image waits for more. Images that queued "
         "while the previous call ran go into the next without waiting, so under load batches form anyway; a wait "

@@ -134,6 +134,16 @@ class VLLMEngine(DecoderEngine):
         if isinstance(engine_args.get("structured_outputs_config"), dict):
             engine_args["structured_outputs_config"] = StructuredOutputsConfig(**engine_args["structured_outputs_config"])
         self._choose_cpu_executor()
+        from vllm.platforms import current_platform
+
+        from serve_app.engines.engine_guard import engines_dir, record_engine, wait_for_orphaned_engines
+
+        engines = None
+        if current_platform.is_cuda_alike():
+            # A replica replacing one whose engine died: that engine's processes can outlive it for a while,
+            # holding their GPU memory. Wait for them (killing those whose decoder is gone) before starting.
+            engines = engines_dir()
+            await asyncio.to_thread(wait_for_orphaned_engines, engines)
         children_before = child_pids()
         try:
             self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args), stat_loggers=_ray_stat_loggers())
@@ -148,6 +158,14 @@ class VLLMEngine(DecoderEngine):
         self._hidden_size = hf_config.get_text_config().hidden_size
         self._image_token = self._llm.get_tokenizer().convert_ids_to_tokens(hf_config.image_token_id)
         self._guard = guard_children(children_before)  # vLLM's processes: stopped even if we are killed
+        if engines is not None:  # for the next engine on these GPUs, should this replica die
+            name = ""
+            with contextlib.suppress(Exception):  # outside a Serve replica (tests, benches) there is no context
+                from ray import serve
+
+                context = serve.get_replica_context()
+                name = f"{context.app_name}/{context.deployment}"
+            record_engine(engines, children_before, name)
         logger.info("vLLM engine started in %.1f s", time.perf_counter() - started)
 
     def _choose_cpu_executor(self) -> None:

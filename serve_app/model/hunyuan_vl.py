@@ -17,6 +17,8 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
+import logging
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,12 +58,39 @@ def torch_dtype(name: str | torch.dtype) -> torch.dtype:
 
 
 def resolve_device(preference: str = "auto") -> str:
-    """`"auto"`/`"cuda"` -> `"cuda"` when a GPU is visible, otherwise `"cpu"`."""
+    """`"cpu"` -> `"cpu"`; `"cuda"` -> `"cuda"`, or RuntimeError saying why no GPU can be used (a config that
+    asks for the GPU must not run on the CPU unnoticed); `"auto"` -> `"cuda"` when a GPU is usable, else
+    `"cpu"` (logged at INFO, with the reason)."""
     if preference not in ("auto", "cuda", "cpu"):
         raise ValueError(f"unsupported device {preference!r}; expected 'auto', 'cuda' or 'cpu'")
-    if preference != "cpu" and torch.cuda.is_available():
+    if preference == "cpu":
+        return "cpu"
+    if torch.cuda.is_available():
         return "cuda"
+    reason = _no_cuda_reason()
+    if preference == "cuda":
+        raise RuntimeError(f"device 'cuda' was configured, but CUDA cannot be used: {reason}")
+    logging.getLogger(__name__).info("device 'auto': using the CPU (%s)", reason)
     return "cpu"
+
+
+def _no_cuda_reason() -> str:
+    """Why torch.cuda.is_available() is False, in words an operator can act on."""
+    if torch.version.cuda is None:
+        return (
+            f"this torch ({torch.__version__}) is a CPU-only build; install the CUDA build (`make install` on a "
+            "machine where nvidia-smi works installs vLLM's CUDA torch)"
+        )
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return (
+            f"CUDA_VISIBLE_DEVICES is {visible!r}, which hides every GPU (under Ray Serve: give the stage "
+            "num_gpus > 0)"
+        )
+    return (
+        f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no usable CUDA device (no GPU, or the NVIDIA "
+        "driver is missing or older than this CUDA version; check `nvidia-smi`)"
+    )
 
 
 def load_model_config(model_path: str):
