@@ -18,6 +18,11 @@ With `limit_mm_per_prompt={"image": 0}` (embeddings only) the vision tower is ne
 loaded: vLLM's Transformers backend swaps it for a StageMissingLayer on the meta device and
 skips its weights, and this class refuses pixel input with a clear error instead of crashing.
 With a non-zero image limit the tower is kept and pixels work as in stock vLLM.
+
+The decoder runs HunyuanOCR's XD-RoPE as a static rope with the identical frequencies
+(`serve_app.model.static_rope`): transformers maps xdrope to rope_type "dynamic", for which vLLM disables
+torch.compile (`can_enable_torch_compile`) and whose per-step update syncs the device on the host. Exact while
+max_model_len <= max_position_embeddings, which the constructor checks.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ from vllm.multimodal import MULTIMODAL_REGISTRY, MultiModalKwargsItems
 from vllm.multimodal.inputs import MultiModalFieldConfig
 from vllm.multimodal.parse import DictEmbeddingItems, MultiModalDataItems, MultiModalDataParser
 from vllm.multimodal.processing import PromptReplacement, PromptUpdate
+
+from serve_app.model.static_rope import make_rope_static
 
 MODEL_CLASS_OVERRIDE = "serve_app.engines.vllm_hunyuan_embeds:HunYuanVLEmbedsForConditionalGeneration"
 
@@ -152,6 +159,11 @@ class HunYuanVLEmbedsProcessor(MultiModalProcessor):
 )
 class HunYuanVLEmbedsForConditionalGeneration(TransformersMultiModalForCausalLM):
     def __init__(self, *, vllm_config, prefix: str = ""):
+        # Before the HF modules are built: the rotary embedding reads its rope type at init, and vLLM's
+        # compile decision (can_enable_torch_compile) reads this config when the decoder is constructed.
+        # Raises if max_model_len > max_position_embeddings (beyond it the static rope would not be exact).
+        model_config = vllm_config.model_config
+        make_rope_static(model_config.hf_config, model_config.max_model_len)
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         if not self.vision_tower_skipped:
             # Pixel path only: vLLM swaps the merger's nn.Linear for a oneDNN GEMM on CPU that needs
