@@ -44,3 +44,11 @@ serve: install
 
 test: install
 	$(VENV)/bin/python -m pytest
+
+# On a CUDA machine with the GPU install: serve_config.yaml's own graph through Ray Serve (its GPU fractions and
+# kv_cache_memory_bytes) with a full-size random checkpoint, checked against the memory plan
+# (bench/gpu_plan.py --check). Fails when anything fails or a measured figure is >10% off the plan.
+# GPU_CHECK_ARGS="--source /models/HunyuanOCR" uses real weights; "--serve-config configs/hunyuanocr-1.0.yaml" 1.0's.
+.PHONY: gpu-check
+gpu-check: install
+	$(VENV)/bin/python bench/gpu_plan.py --check $(GPU_CHECK_ARGS)

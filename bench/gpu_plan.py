@@ -1,31 +1,25 @@
-"""GPU memory plan and throughput check for HunyuanOCR on one 24 GB card, with a full-size random checkpoint.
+"""GPU memory plan and GPU check of HunyuanOCR on one 24 GB card.
 
-Builds a random-weight checkpoint with the REAL HunyuanOCR 1.0 dimensions (text: hidden 1024, 24 layers,
-16 heads, 8 KV heads, head_dim 128, intermediate 3584, vocab 120818, tied embeddings; vision: hidden 1152,
-intermediate 4304, 27 layers, 16 heads, patch 16, merge 2: 0.996 B parameters) and prints the memory plan
-for serve_config.yaml on a 24 GB card:
+The plan is serve_app/gpu_plan.py's (the same arithmetic the builder checks): weights per stage, vision
+activations per encoder batch at max_pixels, KV bytes per token and per page, vLLM's and each encoder
+replica's CUDA context, display headroom, pages in flight, and whether the Ray GPU fractions hold it all.
 
-- weights per stage in the serving dtype (decoder = language model only; encoder = vision tower + adapter);
-- vision tower activations per batch of pages at max_pixels (an estimate; measured too with --run);
-- KV cache bytes per token = 2 (K, V) x layers x KV heads x head_dim x dtype bytes;
-- KV tokens that fit at the decoder's gpu_memory_utilization, and the receipts in flight that allows.
+    python bench/gpu_plan.py --plan-only          # the plan of serve_config.yaml (default without CUDA)
+    python bench/gpu_plan.py --plan-only --serve-config configs/hunyuanocr-1.0.yaml --card-gib 16
+    python bench/gpu_plan.py --build              # also write the full-size random checkpoint (~2 GB, ~1 min)
+    python bench/gpu_plan.py --run                # CUDA + vLLM: the stage code in this process, throughput
+    python bench/gpu_plan.py --check              # CUDA + vLLM: the served graph on this card (make gpu-check)
 
-With --run (a CUDA machine with vLLM) it measures throughput through the real stage code: the
-Preprocessor's ImagePreparer, the vision tower in this process with the VisionEncoder's batching, and
-VLLMEngine generating a fixed 300 tokens per page (ignore_eos) at concurrency 64 over receipt images, and
-reports pages/s and output tokens/s against the goals (>= 25 pages/s, >= 4000 tokens/s). On a card larger
-than the plan's, vLLM gets the plan's KV cache size (kv_cache_memory_bytes) instead of a fraction, so the
-run has the 24 GB card's batch capacity.
+--run measures throughput through the stage code in this process (ImagePreparer, the vision tower with the
+VisionEncoder's batching, VLLMEngine) at a fixed 300 output tokens a page (ignore_eos).
 
-    python bench/gpu_plan.py --plan-only          # default without CUDA: config only, a few seconds
-    python bench/gpu_plan.py --build              # also write the random checkpoint (~2 GB, ~1 min on CPU)
-    python bench/gpu_plan.py --run                # default with CUDA: build if needed, then measure
-    python bench/gpu_plan.py --run --source /models/HunyuanOCR --count 512
-
-Assumptions (the real config.json is not on these machines): dimensions as above, from the HunyuanOCR
-notes and transformers' HunYuanVL defaults (vision intermediate 4304); ~12 prompt tokens around the image
-tokens; vLLM's non-KV overhead (activations, CUDA graphs, context) 1.5 GiB; 0.5 GiB CUDA context per
-encoder replica.
+--check starts the serve config's own graph through Ray Serve (`serve.run(build_app(config))`) with the
+full-size random checkpoint (or --source real weights) and the config's own GPU fractions and
+kv_cache_memory_bytes, then: confirms vLLM captured its CUDA graphs and took the planned KV cache without
+profiling (the Decoder's log lines under Ray's session logs), sends full-size pages (the encoder's
+largest batch) and receipt images at concurrency 64 to /ocr, prints pages/s, output tok/s and each
+process's peak GPU memory (nvidia-smi --query-compute-apps) beside the plan, and exits non-zero on any
+failure or a measured figure more than --tolerance (10 %) off the plan.
 """
 
 from __future__ import annotations
@@ -35,8 +29,13 @@ import asyncio
 import gc
 import json
 import math
+import os
+import re
+import shutil
 import statistics
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -44,28 +43,48 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.split_vs_fused import (  # noqa: E402
-    DEFAULT_IMAGES,
-    IMAGE_SUFFIXES,
-    RESULTS,
-    SplitPipeline,
-    cuda_available,
-    fixed_length_outputs,
-    load_app_config,
-    load_pages,
-    percentiles,
-    pyplot,
-    save_json,
+from serve_app.gpu_plan import (  # noqa: E402
+    GIB,
+    PlanAssumptions,
+    GpuPlan,
+    ModelDims,
+    format_plan,
+    gpu_plan,
 )
 
-GIB = 2**30
 FULL_VOCAB = 120818
 DEFAULT_CHECKPOINT_DIR = Path("~/.cache/hunyuan-ocr-serve/full-size-random-v1").expanduser()
+DEFAULT_IMAGES = ROOT.parent / "shared" / "data" / "sroie-sample"
+RESULTS = ROOT / "bench" / "results"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 MARKER = "full_size_random.json"
 GOALS = {"pages_per_s": 25.0, "output_tokens_per_s": 4000.0}
-PROMPT_TEXT_TOKENS = 12  # chat template + instruction around the image tokens (assumed)
-OUTPUT_LENGTHS = (300, 600, 1000, 2048)  # SROIE receipts: 28-93 lines, 340-820 characters -> ~300 tokens
-DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
+MIB = 2**20
+
+
+def load_app_config(serve_config: Path, source: str | None = None):
+    """The application's config from a serve config file, the model source optionally replaced."""
+    from serve_app.config import OCRAppConfig
+
+    config = OCRAppConfig.from_serve_config(serve_config)
+    if config.model.family != "hunyuan_vl":
+        raise SystemExit(f"{serve_config}: model family {config.model.family!r}; the GPU plan is HunyuanOCR's")
+    if source:
+        config = config.model_copy(update={"model": config.model.model_copy(update={"source": source})})
+    return config
+
+
+def save_json(report: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, default=str))
+    print(f"saved {path}")
+
+
+def model_dims(source: str | None) -> ModelDims:
+    """The checkpoint's dimensions where its config.json is on disk; HunyuanOCR's otherwise."""
+    if source and (Path(source).expanduser() / "config.json").is_file():
+        return ModelDims.from_config_json(Path(source).expanduser())
+    return ModelDims()
 
 
 # --------------------------------------------------------------------------------------------- checkpoint
@@ -178,212 +197,58 @@ def build_full_size_checkpoint(output_dir: Path, seed: int = 0, device: str | No
     return output_dir
 
 
+
+
 # --------------------------------------------------------------------------------------------- plan
 
 
-def parameter_counts(config) -> dict[str, int]:
-    """Exact parameter counts from the architecture on the meta device (tied embeddings counted once)."""
-    import torch
-    from transformers import HunYuanVLForConditionalGeneration
-
-    with torch.device("meta"):
-        model = HunYuanVLForConditionalGeneration(config)
-    vision = sum(p.numel() for name, p in model.named_parameters() if ".vision_tower." in f".{name}")
-    total = sum(p.numel() for p in model.parameters())
-    return {"total": total, "vision_tower": vision, "language_model": total - vision}
-
-
 def image_tokens(width: int, height: int, min_pixels: int, max_pixels: int, factor: int = 32) -> tuple[int, int, int]:
-    """(tokens, patches) of an image at the pixel budget: (H/32)*(W/32+1)+2 tokens, (H/16)*(W/16) patches."""
+    """(tokens, patches, pixels) of an image at the pixel budget: (H/32)*(W/32+1)+2 tokens, (H/16)*(W/16) patches."""
     from transformers.models.hunyuan_vl.image_processing_pil_hunyuan_vl import smart_resize
 
     h, w = smart_resize(height, width, factor, min_pixels, max_pixels)
     return (h // factor) * (w // factor + 1) + 2, (h // 16) * (w // 16), h * w
 
 
-def receipt_sizes(images_dir: Path | None) -> tuple[list[tuple[int, int]], str]:
+def receipt_image_tokens(images_dir: Path | None, app) -> tuple[int | None, str]:
+    """The median image tokens of the receipts in `images_dir` at the config's pixel budget (None: no images)."""
     from PIL import Image
 
     files = []
     if images_dir is not None and images_dir.is_dir():
         files = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        return [(463, 1000)], "assumed 463x1000 (SROIE-like)"
-    sizes = []
+        return None, f"assumed {PlanAssumptions().receipt_image_tokens} image tokens a receipt (463x1000, SROIE-like)"
+    tokens = []
     for path in files:
         with Image.open(path) as image:
-            sizes.append(image.size)
-    return sizes, f"{images_dir} ({len(files)} images)"
+            tokens.append(image_tokens(*image.size, app.model.min_pixels, app.model.max_pixels)[0])
+    return int(statistics.median(tokens)), f"{images_dir}: {len(files)} receipts, {min(tokens)}-{max(tokens)} image tokens"
 
 
-def vision_activation_bytes(patches: int, vision, dtype_bytes: int) -> int:
-    """Peak working set of the vision tower for `patches` patches (one or several pages in one call).
-
-    Inside a block, with SDPA's flash / memory-efficient kernel (O(S) attention memory, each image
-    attended separately), live tensors peak either in attention (residual, normed, q, k, v, attention
-    output, o_proj output: 7 H per patch) or in the MLP (residual, normed, fc1 and GELU outputs: 2 H + 2 I),
-    plus the float32 inputs (3*16*16 pixels) and the float32 positional-embedding interpolation (H).
-    """
-    hidden, intermediate = vision.hidden_size, vision.intermediate_size
-    per_patch = max(7 * hidden, 2 * hidden + 2 * intermediate) * dtype_bytes
-    per_patch += 3 * vision.patch_size**2 * 4 + hidden * 4
-    return patches * per_patch
+def make_plan(app, card_gib: float, dims: ModelDims, receipt_tokens: int | None, reserve_gib: float | None = None) -> GpuPlan:
+    updates: dict[str, Any] = {}
+    if receipt_tokens is not None:
+        updates["receipt_image_tokens"] = receipt_tokens
+    if reserve_gib is not None:
+        updates["vllm_reserve_bytes"] = int(reserve_gib * GIB)
+    return gpu_plan(app, dims, int(card_gib * GIB), PlanAssumptions(**updates))
 
 
-def memory_plan(config, app, card_gib: float, sizes: list[tuple[int, int]], activation_reserve_gib: float = 1.5,
-                encoder_context_gib: float = 0.5) -> dict[str, Any]:
-    text, vision = config.text_config, config.vision_config
-    dtype = app.model.dtype
-    width = DTYPE_BYTES[dtype]
-    params = parameter_counts(config)
-    card = card_gib * GIB
-    engine_args = app.decoder.engine_args
-    utilization = float(engine_args.get("gpu_memory_utilization", 0.9))
-    max_num_seqs = int(engine_args.get("max_num_seqs", 256))
-    block = int(engine_args.get("block_size", 16))
-
-    decoder_weights = params["language_model"] * width
-    encoder_weights = params["vision_tower"] * width
-    kv_per_token = 2 * text.num_hidden_layers * text.num_key_value_heads * text.head_dim * width
-    vllm_budget = utilization * card
-    kv_bytes = vllm_budget - decoder_weights - activation_reserve_gib * GIB
-    kv_blocks = int(kv_bytes // (kv_per_token * block))
-    kv_tokens = kv_blocks * block
-
-    min_pixels, max_pixels = app.model.min_pixels, app.model.max_pixels
-    side = int(math.isqrt(max_pixels))
-    full_tokens, full_patches, _ = image_tokens(side, side, min_pixels, max_pixels)
-    batch = app.encoder.max_batch_size
-    act_page = vision_activation_bytes(full_patches, vision, width)
-    act_batch = vision_activation_bytes(full_patches * batch, vision, width)
-    encoder_replica = encoder_weights + act_batch + encoder_context_gib * GIB
-    encoder_share = app.encoder.num_gpus * card
-    scaling = app.encoder.autoscaling
-    encoder_replicas = scaling.max_replicas if scaling is not None else (app.encoder.num_replicas or 1)
-    total = vllm_budget + encoder_replicas * encoder_replica
-
-    receipts = [image_tokens(w, h, min_pixels, max_pixels) for w, h in sizes]
-    receipt_tokens = [tokens for tokens, _, _ in receipts]
-    typical_image_tokens = int(statistics.median(receipt_tokens))
-
-    def in_flight(image_tokens_: int, output: int) -> dict[str, int]:
-        sequence = image_tokens_ + PROMPT_TEXT_TOKENS + output
-        by_kv = kv_blocks // math.ceil(sequence / block)
-        return {"sequence_tokens": sequence, "kv_limited": by_kv, "concurrency": min(max_num_seqs, by_kv)}
-
-    return {
-        "card_gib": card_gib,
-        "dtype": dtype,
-        "parameters": params,
-        "weights_gib": {"decoder_language_model": decoder_weights / GIB, "encoder_vision_tower": encoder_weights / GIB},
-        "kv_cache": {
-            "bytes_per_token": kv_per_token,
-            "formula": f"2 x {text.num_hidden_layers} layers x {text.num_key_value_heads} KV heads x {text.head_dim} x {width} B",
-            "gpu_memory_utilization": utilization,
-            "vllm_budget_gib": vllm_budget / GIB,
-            "activation_reserve_gib": activation_reserve_gib,
-            "kv_gib": kv_bytes / GIB,
-            "kv_bytes": int(kv_blocks * block * kv_per_token),
-            "tokens": kv_tokens,
-            "block_size": block,
-            "max_num_seqs": max_num_seqs,
-        },
-        "vision_activations": {
-            "max_pixels": max_pixels,
-            "patches_per_page": full_patches,
-            "image_tokens_per_page": full_tokens,
-            "per_page_gib": act_page / GIB,
-            "batch": batch,
-            "per_batch_gib": act_batch / GIB,
-            "estimate": "patches x (max(7H, 2H+2I) x dtype + fp32 pixels + fp32 positions)",
-        },
-        "encoder": {
-            "replica_gib": encoder_replica / GIB,
-            "context_gib": encoder_context_gib,
-            "share_gib": encoder_share / GIB,
-            "num_gpus": app.encoder.num_gpus,
-            "replicas": encoder_replicas,
-            "fits_share": encoder_replica <= encoder_share,
-        },
-        "total_gib": total / GIB,
-        "fits_card": total <= card,
-        "receipts": {
-            "image_tokens": receipt_tokens,
-            "typical_image_tokens": typical_image_tokens,
-            "prompt_text_tokens": PROMPT_TEXT_TOKENS,
-            "in_flight_by_output_tokens": {str(out): in_flight(typical_image_tokens, out) for out in OUTPUT_LENGTHS},
-            "full_page_side": side,
-            "full_page_2048_output": in_flight(full_tokens, 2048),
-        },
-    }
+# --------------------------------------------------------------------------------------------- run (in-process)
 
 
-def print_plan(plan: dict) -> None:
-    gib = lambda value: f"{value:6.2f} GiB"  # noqa: E731
-    params, weights, kv = plan["parameters"], plan["weights_gib"], plan["kv_cache"]
-    act, encoder, receipts = plan["vision_activations"], plan["encoder"], plan["receipts"]
-    print(f"Memory plan: one {plan['card_gib']:g} GiB card, {plan['dtype']} (serve config: {plan['serve_config']})")
-    print(
-        f"  parameters: {params['total'] / 1e9:.3f} B = language model {params['language_model'] / 1e9:.3f} B"
-        f" + vision tower {params['vision_tower'] / 1e9:.3f} B"
-    )
-    print(f"  decoder weights (LM only)        {gib(weights['decoder_language_model'])}")
-    print(f"  encoder weights (tower+adapter)  {gib(weights['encoder_vision_tower'])} per replica")
-    print(f"  KV cache per token               {kv['bytes_per_token'] / 1024:.0f} KiB  ({kv['formula']})")
-    print(
-        f"  vLLM budget                      {gib(kv['vllm_budget_gib'])}  (gpu_memory_utilization {kv['gpu_memory_utilization']}) "
-        f"= weights + {kv['activation_reserve_gib']} GiB reserve + KV {kv['kv_gib']:.2f} GiB"
-    )
-    print(f"  KV tokens that fit               {kv['tokens']:,}  (blocks of {kv['block_size']}, max_num_seqs {kv['max_num_seqs']})")
-    print(
-        f"  vision activations at max_pixels {gib(act['per_page_gib'])} per page ({act['patches_per_page']:,} patches, "
-        f"{act['image_tokens_per_page']:,} image tokens); {gib(act['per_batch_gib'])} per batch of {act['batch']} (estimate)"
-    )
-    print(
-        f"  encoder replica                  {gib(encoder['replica_gib'])} (weights + batch activations + "
-        f"{encoder['context_gib']} GiB context) vs share {encoder['share_gib']:.2f} GiB (num_gpus {encoder['num_gpus']}): "
-        f"{'fits' if encoder['fits_share'] else 'OVER its share'}"
-    )
-    print(
-        f"  total                            {gib(plan['total_gib'])} = vLLM + {encoder['replicas']} encoder replica(s): "
-        f"{'fits' if plan['fits_card'] else 'DOES NOT FIT'} the card"
-    )
-    print(
-        f"  receipts ({plan['images']}): image tokens {min(receipts['image_tokens'])}-{max(receipts['image_tokens'])}, "
-        f"typical {receipts['typical_image_tokens']} + {receipts['prompt_text_tokens']} prompt tokens"
-    )
-    for out, row in receipts["in_flight_by_output_tokens"].items():
-        print(
-            f"    {int(out):>5} output tokens: {row['sequence_tokens']:>5} tokens/page -> KV room for "
-            f"{row['kv_limited']:>4}, concurrency {row['concurrency']}"
-        )
-    full = receipts["full_page_2048_output"]
-    side = receipts["full_page_side"]
-    print(
-        f"    full {side}x{side} page, 2048 output: {full['sequence_tokens']} tokens -> KV room for "
-        f"{full['kv_limited']}, concurrency {full['concurrency']}"
-    )
-
-
-# --------------------------------------------------------------------------------------------- run
-
-
-async def measure_run(args, app, model_path: str, plan: dict) -> dict:
+async def measure_run(args, app, model_path: str, plan: GpuPlan) -> dict:
+    """Throughput through the stage code in this process; vLLM gets the config's own KV cache size."""
     import torch
+
+    from bench.overhead import run_load
+    from bench.split_vs_fused import SplitPipeline, fixed_length_outputs, load_pages, percentiles, with_engine_args
 
     fixed_length_outputs()
     on_cuda = torch.cuda.is_available()
-    overrides: dict[str, Any] = {"max_num_seqs": max(int(app.decoder.engine_args.get("max_num_seqs", 0) or 0), args.concurrency)}
-    emulated = None
-    if on_cuda and args.emulate_card:
-        card = torch.cuda.get_device_properties(0).total_memory / GIB
-        if card > plan["card_gib"] * 1.05:
-            # A bigger card: give vLLM the plan's KV cache, not a fraction of this card.
-            overrides.update(gpu_memory_utilization=None, kv_cache_memory_bytes=plan["kv_cache"]["kv_bytes"])
-            emulated = {"card_gib": round(card, 1), "kv_cache_memory_bytes": plan["kv_cache"]["kv_bytes"]}
-    from bench.split_vs_fused import with_engine_args
-
-    app = with_engine_args(app, **overrides)
+    max_num_seqs = max(int(app.decoder.engine_args.get("max_num_seqs", 0) or 0), args.concurrency)
+    app = with_engine_args(app, max_num_seqs=max_num_seqs)
     pipeline = SplitPipeline(app, model_path)
     await pipeline.start()
     try:
@@ -392,8 +257,6 @@ async def measure_run(args, app, model_path: str, plan: dict) -> dict:
         kv_tokens = int(cache.num_gpu_blocks or 0) * int(cache.block_size)
         activation = measure_vision_activation(pipeline, app) if on_cuda else None
         pages, origin = load_pages(args.images, args.count)
-        from bench.overhead import run_load
-
         results: list[dict] = []
 
         async def send(payload: bytes) -> int:
@@ -418,9 +281,9 @@ async def measure_run(args, app, model_path: str, plan: dict) -> dict:
         "concurrency": args.concurrency,
         "max_tokens": args.max_tokens,
         "engine_start_s": round(pipeline.start_s, 1),
-        "emulated_card": emulated,
+        "kv_cache_memory_bytes": plan.kv_cache_memory_bytes,
         "kv_cache_tokens": kv_tokens,
-        "kv_cache_tokens_planned": plan["kv_cache"]["tokens"],
+        "kv_cache_tokens_planned": plan.kv_tokens,
         "pages_per_s": load["requests_per_s"],
         "output_tokens_per_s": load["output_tokens_per_s"],
         "latency_ms": {"p50": load["p50_ms"], "p95": load["p95_ms"]},
@@ -429,6 +292,10 @@ async def measure_run(args, app, model_path: str, plan: dict) -> dict:
         "completion_tokens_min": min(r["completion_tokens"] for r in results),
         "encoder_batch_size_mean": statistics.mean(pipeline.encoder.batch_sizes) if pipeline.encoder.batch_sizes else 0.0,
         "vision_activation": activation,
+        "vision_activation_planned_gib": {
+            "1": plan.activation_per_page_bytes / GIB,
+            str(app.encoder.max_batch_size): plan.activation_per_batch_bytes / GIB,
+        },
         "goals": GOALS,
         "meets_goals": {key: load[key if key != "pages_per_s" else "requests_per_s"] >= goal for key, goal in GOALS.items()},
     }
@@ -463,18 +330,17 @@ def measure_vision_activation(pipeline, app) -> dict:
     return {"side": side, "by_batch": measured}
 
 
+
+
 def print_run(run: dict) -> None:
     print(
         f"Run on {run['gpu'] or run['device']}: {run['pages']} pages ({run['images']}) at concurrency {run['concurrency']}, "
         f"{run['max_tokens']} output tokens each (ignore_eos); vLLM started in {run['engine_start_s']} s"
     )
-    if run["emulated_card"]:
-        emulated = run["emulated_card"]
-        print(
-            f"  vLLM KV cache set to the plan's {emulated['kv_cache_memory_bytes'] / GIB:.2f} GiB "
-            f"(this card: {emulated['card_gib']} GiB)"
-        )
-    print(f"  KV cache tokens: {run['kv_cache_tokens']:,} (planned {run['kv_cache_tokens_planned']:,})")
+    print(
+        f"  KV cache: {run['kv_cache_tokens']:,} tokens (planned {run['kv_cache_tokens_planned']:,}, "
+        f"kv_cache_memory_bytes {run['kv_cache_memory_bytes']:,})"
+    )
     goals = run["goals"]
     met = {key: "MET" if value else "NOT MET" for key, value in run["meets_goals"].items()}
     print(f"  pages/s      {run['pages_per_s']:9.2f}   goal >= {goals['pages_per_s']:g}: {met['pages_per_s']}")
@@ -490,47 +356,464 @@ def print_run(run: dict) -> None:
         f"encoder batch {run['encoder_batch_size_mean']:.1f} on average; prompt {run['prompt_tokens_median']:.0f} tokens"
     )
     if run["vision_activation"]:
+        planned = run["vision_activation_planned_gib"]
         for batch, row in run["vision_activation"]["by_batch"].items():
             side = run["vision_activation"]["side"]
-            print(f"  vision tower at {side}x{side}: batch {batch}: peak +{row['peak_gib']:.2f} GiB, {row['seconds']} s")
+            plan_text = f" (plan {planned[batch]:.2f} GiB)" if batch in planned else ""
+            print(f"  vision tower at {side}x{side}: batch {batch}: peak +{row['peak_gib']:.2f} GiB{plan_text}, {row['seconds']} s")
+
+
+# --------------------------------------------------------------------------------------------- check (served graph)
+
+# vLLM 0.32's own log lines (vllm/v1/worker/gpu_model_runner.py capture_model, gpu_worker.py
+# determine_available_memory, v1/core/kv_cache_utils.py update_kv_cache_capacity); "Capturing CUDA graphs" is a
+# tqdm bar's description, present only where vLLM's progress bars are on, so it is reported, not required.
+LOG_PATTERNS = {
+    "graphs_captured": re.compile(r"Graph capturing finished in (\d+) secs?, took ([\d.]+) GiB"),
+    "capturing_bar": re.compile(r"Capturing CUDA graphs"),
+    "kv_reserved": re.compile(r"reserved ([\d.]+) GiB memory for KV Cache as specified by kv_cache_memory_bytes"),
+    "kv_tokens": re.compile(r"GPU KV cache size: ([\d,]+) tokens"),
+}
+
+
+def nvidia_smi(query: str, apps: bool = False) -> list[list[str]]:
+    flag = "--query-compute-apps" if apps else "--query-gpu"
+    completed = subprocess.run(
+        ["nvidia-smi", f"{flag}={query}", "--format=csv,noheader,nounits"],
+        capture_output=True, text=True, timeout=30, check=True,
+    )
+    return [[cell.strip() for cell in line.split(",")] for line in completed.stdout.splitlines() if line.strip()]
+
+
+def pick_gpu() -> dict[str, Any]:
+    """The GPU this check runs on (the first visible one); CUDA_VISIBLE_DEVICES pinned to it, so Ray sees one."""
+    rows = nvidia_smi("index,uuid,name,memory.total,memory.used")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
+    chosen = next((row for row in rows if visible and visible in (row[0], row[1])), rows[0])
+    os.environ["CUDA_VISIBLE_DEVICES"] = chosen[0]
+    return {"index": chosen[0], "uuid": chosen[1], "name": chosen[2], "total_bytes": int(chosen[3]) * MIB,
+            "used_bytes": int(chosen[4]) * MIB}
+
+
+class GpuMemorySampler:
+    """Peak GPU memory per process (nvidia-smi --query-compute-apps) and of the whole card, sampled in a thread."""
+
+    def __init__(self, gpu_uuid: str, interval_s: float = 0.5):
+        self.uuid, self.interval_s = gpu_uuid, interval_s
+        self.peak_by_pid: dict[int, int] = {}
+        self.peak_used = 0
+        self.samples = 0
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="gpu-memory-sampler", daemon=True)
+
+    def sample(self) -> None:
+        try:
+            for pid, uuid, used in nvidia_smi("pid,gpu_uuid,used_memory", apps=True):
+                if uuid == self.uuid and pid.isdigit() and used.isdigit():
+                    self.peak_by_pid[int(pid)] = max(self.peak_by_pid.get(int(pid), 0), int(used) * MIB)
+            for uuid, used in nvidia_smi("uuid,memory.used"):
+                if uuid == self.uuid:
+                    self.peak_used = max(self.peak_used, int(used) * MIB)
+            self.samples += 1
+        except (subprocess.SubprocessError, OSError, ValueError) as error:
+            self.errors.append(f"{type(error).__name__}: {error}"[:200])
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval_s)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        self.sample()
+
+
+def process_tree() -> dict[int, int]:
+    """pid -> parent pid of every process this machine's /proc shows."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            parents[int(entry.name)] = int(fields[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return parents
+
+
+def with_descendants(pid: int, parents: dict[int, int]) -> set[int]:
+    family, grew = {pid}, True
+    while grew:
+        grew = False
+        for child, parent in parents.items():
+            if parent in family and child not in family:
+                family.add(child)
+                grew = True
+    return family
+
+
+def serve_replica_pids() -> dict[str, list[int]]:
+    """Stage name (VisionEncoder, Decoder, ...) -> the pids of its live replicas (Ray's actor table)."""
+    from ray._private import state
+
+    stages: dict[str, list[int]] = {}
+    for info in state.actors(actor_state_name="ALIVE").values():
+        name = info.get("ActorClassName") or ""
+        if name.startswith("ServeReplica:") and info.get("Pid"):
+            stages.setdefault(name.rsplit(":", 1)[-1], []).append(int(info["Pid"]))
+    return stages
+
+
+def scan_logs(logs_dir: Path) -> dict[str, Any]:
+    """vLLM's start-up lines in Ray's session logs (the Decoder replica's and its engine core's output)."""
+    found: dict[str, Any] = {"logs_dir": str(logs_dir), "files": []}
+    for path in sorted(p for p in logs_dir.rglob("*") if p.is_file()):
+        try:
+            text = path.read_text(errors="replace")
+        except OSError:
+            continue
+        for key, pattern in LOG_PATTERNS.items():
+            match = None
+            for match in pattern.finditer(text):
+                pass  # the last one: a restarted replica's
+            if match is not None:
+                found[key] = match.groups() or True
+                found["files"].append(f"{key}: {path.name}")
+    return found
+
+
+def content_type(payload: bytes) -> str:
+    if payload[:3] == b"\xff\xd8\xff":
+        return "image/jpeg"
+    if payload[:8] == b"\x89PNG\r\n\x1a\n":
+        return "image/png"
+    if payload[:4] == b"RIFF" and payload[8:12] == b"WEBP":
+        return "image/webp"
+    return "application/octet-stream"
+
+
+def synthetic_page(width: int, height: int, seed: int = 0) -> bytes:
+    """A receipt-like JPEG: light paper, lines of dark text."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (width, height), (246, 244, 238))
+    draw = ImageDraw.Draw(image)
+    step = max(14, height // 60)
+    for row, y in enumerate(range(8, height - step, step)):
+        draw.text((8 + (seed * 11 + row * 7) % max(1, width // 5), y), f"ITEM {seed}-{row} QTY 1 PRICE {row * 3 % 97}.50",
+                  fill=(25, 25, 35))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def receipt_payloads(images_dir: Path | None, count: int) -> tuple[list[bytes], str]:
+    files = []
+    if images_dir is not None and images_dir.is_dir():
+        files = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if files:
+        distinct, origin = [p.read_bytes() for p in files], f"{images_dir} ({len(files)} images)"
+    else:
+        distinct, origin = [synthetic_page(463, 1000, seed) for seed in range(8)], "generated 463x1000 receipts"
+    return [distinct[i % len(distinct)] for i in range(count)], origin
+
+
+async def post_pages(base_url: str, payloads: list[bytes], concurrency: int, max_tokens: int, timeout_s: float) -> dict:
+    """POST each payload to /ocr (task text) with `concurrency` in flight; throughput and errors."""
+    import httpx
+
+    results: list[dict] = []
+    errors: list[str] = []
+    queue = list(payloads)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base_url, timeout=timeout_s, limits=limits) as client:
+
+        async def worker() -> None:
+            while queue:
+                payload = queue.pop()
+                started = time.perf_counter()
+                try:
+                    response = await client.post(
+                        "/ocr", params={"task": "text", "max_tokens": max_tokens}, content=payload,
+                        headers={"content-type": content_type(payload)},
+                    )
+                except httpx.HTTPError as error:
+                    errors.append(f"{type(error).__name__}: {error}"[:300])
+                    continue
+                if response.status_code != 200:
+                    errors.append(f"HTTP {response.status_code}: {response.text[:300]}")
+                    continue
+                body = response.json()
+                results.append({
+                    "latency_s": time.perf_counter() - started,
+                    "completion_tokens": int(body["usage"]["completion_tokens"]),
+                    "pages": len(body.get("pages") or []) or 1,
+                })
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(payloads))))))
+        elapsed = time.perf_counter() - started
+    latencies = sorted(r["latency_s"] for r in results)
+    pages = sum(r["pages"] for r in results)
+    tokens = sum(r["completion_tokens"] for r in results)
+    return {
+        "requests": len(payloads), "ok": len(results), "errors": errors[:20], "error_count": len(errors),
+        "concurrency": concurrency, "max_tokens": max_tokens, "elapsed_s": round(elapsed, 2),
+        "pages_per_s": pages / elapsed if elapsed else 0.0, "output_tokens_per_s": tokens / elapsed if elapsed else 0.0,
+        "completion_tokens": tokens,
+        "latency_ms": {
+            "p50": 1000 * latencies[len(latencies) // 2] if latencies else 0.0,
+            "p95": 1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.95))] if latencies else 0.0,
+        },
+    }
+
+
+def compare(figure: str, measured: float, planned: float, tolerance: float, unit: str = "bytes") -> dict:
+    diff = (measured - planned) / planned if planned else float("inf")
+    return {"figure": figure, "measured": measured, "planned": planned, "unit": unit, "diff": diff,
+            "ok": abs(diff) <= tolerance}
+
+
+def run_check(args, plan: GpuPlan, source: str) -> dict:
+    """The serve config's graph on this card through Ray Serve; every figure against the plan."""
+    failures: list[str] = []
+    warnings: list[str] = []
+    report: dict[str, Any] = {"serve_config": str(args.serve_config), "checkpoint": source, "tolerance": args.tolerance}
+    gpu = pick_gpu()
+    report["gpu"] = {key: gpu[key] for key in ("name", "total_bytes", "used_bytes")}
+    if gpu["total_bytes"] < plan.card_bytes * 0.97:
+        failures.append(f"this card ({gpu['total_bytes'] / GIB:.1f} GiB) is smaller than the plan's {plan.card_bytes / GIB:g} GiB")
+    problems = plan.problems()
+    if problems:
+        failures += [f"plan: {problem}" for problem in problems]
+    if failures:
+        report.update(failures=failures, warnings=warnings, ok=False)
+        return report
+
+    import ray
+    from ray import serve
+
+    from serve_app.app import build_app
+
+    app = load_app_config(args.serve_config, source)
+    sampler = GpuMemorySampler(gpu["uuid"], args.sample_interval_s)
+    sampler.sample()
+    baseline_pids = set(sampler.peak_by_pid)
+    baseline_used = gpu["used_bytes"]
+    base_url = f"http://127.0.0.1:{args.port}"
+    stage_pids: dict[str, list[int]] = {}
+    parents: dict[int, int] = {}
+    logs: dict[str, Any] = {}
+    ray.init(num_gpus=1, include_dashboard=False, log_to_driver=args.verbose, configure_logging=False)
+    try:
+        logs_dir = Path(ray._private.worker._global_node.get_logs_dir_path())
+        serve.start(http_options={"host": "127.0.0.1", "port": args.port})
+        sampler.start()
+        started = time.perf_counter()
+        try:
+            serve.run(build_app(app), name="ocr", route_prefix="/")
+        except Exception as error:  # noqa: BLE001 - a failed start is the check's answer
+            failures.append(f"the graph did not start: {type(error).__name__}: {error}"[:2000])
+        report["start_s"] = round(time.perf_counter() - started, 1)
+        if not failures:
+            side = plan.page_side
+            full_count = args.full_pages if args.full_pages is not None else 4 * plan.encoder_max_batch_size * plan.encoder_replicas
+            full_concurrency = 2 * plan.encoder_max_batch_size * plan.encoder_replicas + 2
+            receipts, origin = receipt_payloads(args.images, args.count)
+            report["images"] = origin
+            warm = asyncio.run(post_pages(base_url, receipts[: max(8, args.concurrency // 4)], args.concurrency // 4 or 1,
+                                          args.max_tokens, args.request_timeout_s))
+            report["warmup"] = warm
+            report["receipts"] = asyncio.run(post_pages(base_url, receipts, args.concurrency, args.max_tokens, args.request_timeout_s))
+            if full_count:
+                pages = [synthetic_page(side, side, seed) for seed in range(full_count)]
+                report["full_pages"] = {"side": side, **asyncio.run(
+                    post_pages(base_url, pages, full_concurrency, args.full_page_max_tokens, args.request_timeout_s))}
+            stage_pids = serve_replica_pids()
+            parents = process_tree()
+        logs = scan_logs(logs_dir)
+    finally:
+        sampler.stop()
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+    report["logs"] = logs
+
+    # Requests.
+    for phase in ("warmup", "receipts", "full_pages"):
+        result = report.get(phase)
+        if result and result["error_count"]:
+            failures.append(f"{phase}: {result['error_count']} of {result['requests']} requests failed: {result['errors'][:3]}")
+    if "receipts" in report and report["receipts"]["completion_tokens"] <= 0:
+        failures.append("receipts: no output tokens")
+    # vLLM's start: CUDA graphs captured, the configured KV cache taken without profiling.
+    if "receipts" in report:
+        if "graphs_captured" not in logs:
+            failures.append(f"no 'Graph capturing finished' line from vLLM in {logs.get('logs_dir')}: CUDA graphs not captured")
+        if "kv_reserved" not in logs:
+            failures.append("no 'reserved ... GiB memory for KV Cache as specified by kv_cache_memory_bytes' line: vLLM "
+                            "profiled instead of taking the plan's kv_cache_memory_bytes")
+    comparisons: list[dict] = []
+    if "kv_tokens" in logs:
+        comparisons.append(compare("KV cache tokens (vLLM's log)", int(logs["kv_tokens"][0].replace(",", "")),
+                                   plan.kv_tokens, args.tolerance, "tokens"))
+    if "kv_reserved" in logs:
+        comparisons.append(compare("KV cache bytes (vLLM's log)", float(logs["kv_reserved"][0]) * GIB,
+                                   plan.kv_cache_memory_bytes, args.tolerance))
+
+    # Memory per process: each replica's process with its children (vLLM's engine core is the Decoder's child).
+    peaks = sampler.peak_by_pid
+    report["gpu_processes"] = {str(pid): used for pid, used in sorted(peaks.items())}
+    owned: set[int] = set()
+    per_stage: dict[str, list[dict]] = {}
+    for stage, pids in stage_pids.items():
+        for pid in pids:
+            family = with_descendants(pid, parents) if parents else {pid}
+            owned |= family
+            used = sum(peaks.get(member, 0) for member in family)
+            if used:
+                per_stage.setdefault(stage, []).append({"pid": pid, "gpu_pids": sorted(family & set(peaks)), "peak_bytes": used})
+    report["per_stage"] = per_stage
+    others = {pid: used for pid, used in peaks.items() if pid not in owned}
+    report["other_gpu_processes"] = {str(pid): used for pid, used in others.items()}
+    if stage_pids and not per_stage:
+        warnings.append(
+            "nvidia-smi's process ids match none of the replicas' (a container's PID namespace?): per-process figures "
+            "unavailable; the card's total stands in"
+        )
+    if per_stage.get("Decoder"):
+        decoder = max(per_stage["Decoder"], key=lambda row: row["peak_bytes"])
+        comparisons.append(compare("vLLM process (Decoder replica + engine core)", decoder["peak_bytes"],
+                                   plan.vllm_process_bytes, args.tolerance))
+    elif per_stage:
+        failures.append("no GPU memory seen for the Decoder's processes")
+    if per_stage.get("VisionEncoder") and report.get("full_pages"):
+        encoder = max(per_stage["VisionEncoder"], key=lambda row: row["peak_bytes"])
+        comparisons.append(compare(
+            f"encoder replica (largest of {len(per_stage['VisionEncoder'])}, after full {plan.page_side}x{plan.page_side} pages)",
+            encoder["peak_bytes"], plan.encoder_replica_bytes, args.tolerance,
+        ))
+    elif per_stage and report.get("full_pages"):
+        failures.append("no GPU memory seen for the VisionEncoder's processes")
+    for stage in ("Preprocessor", "OCRIngress"):
+        for row in per_stage.get(stage, []):
+            failures.append(f"{stage} replica pid {row['pid']} holds {row['peak_bytes'] / MIB:.0f} MiB of GPU memory; the plan gives it none")
+    if report.get("full_pages"):
+        ours = sampler.peak_used - baseline_used
+        comparisons.append(compare("card: peak used - used before the start", ours,
+                                   plan.total_bytes - plan.assumptions.display_bytes, args.tolerance))
+    new_others = {pid: used for pid, used in others.items() if pid not in baseline_pids}
+    if per_stage and new_others:
+        warnings.append(f"GPU processes outside the graph appeared during the check: {new_others}")
+    if sampler.errors:
+        warnings.append(f"nvidia-smi failed {len(sampler.errors)} time(s): {sampler.errors[0]}")
+    failures += [
+        f"{row['figure']}: measured {_fmt(row['measured'], row['unit'])}, plan {_fmt(row['planned'], row['unit'])} "
+        f"({100 * row['diff']:+.1f} %, beyond {100 * args.tolerance:g} %)"
+        for row in comparisons if not row["ok"]
+    ]
+    report.update(comparisons=comparisons, failures=failures, warnings=warnings, ok=not failures)
+    return report
+
+
+def _fmt(value: float, unit: str) -> str:
+    return f"{value / GIB:.2f} GiB" if unit == "bytes" else f"{value:,.0f} {unit}"
+
+
+def print_check(check: dict) -> None:
+    gpu = check.get("gpu") or {}
+    print(f"GPU check on {gpu.get('name')} ({gpu.get('total_bytes', 0) / GIB:.1f} GiB): {check['serve_config']}, "
+          f"checkpoint {check['checkpoint']}; graph started in {check.get('start_s', '-')} s")
+    logs = check.get("logs") or {}
+    if "graphs_captured" in logs:
+        secs, took = logs["graphs_captured"]
+        bar = "; 'Capturing CUDA graphs' seen" if "capturing_bar" in logs else ""
+        print(f"  vLLM CUDA graphs: captured in {secs} s, {took} GiB{bar}")
+    if "kv_reserved" in logs:
+        tokens = logs.get("kv_tokens", ("?",))[0]
+        print(f"  vLLM KV cache: {logs['kv_reserved'][0]} GiB from kv_cache_memory_bytes (no profiling), {tokens} tokens")
+    for phase, label in (("receipts", "receipts"), ("full_pages", "full pages")):
+        result = check.get(phase)
+        if not result:
+            continue
+        side = f" {result['side']}x{result['side']}" if "side" in result else ""
+        print(
+            f"  {label}{side}: {result['ok']}/{result['requests']} ok at concurrency {result['concurrency']}, "
+            f"max_tokens {result['max_tokens']}: {result['pages_per_s']:.2f} pages/s, {result['output_tokens_per_s']:.0f} "
+            f"output tok/s, p50 {result['latency_ms']['p50']:.0f} ms, p95 {result['latency_ms']['p95']:.0f} ms"
+        )
+    if check.get("receipts"):
+        for key, goal in GOALS.items():
+            value = check["receipts"][key]
+            print(f"    {key:<20} {value:9.1f}   goal >= {goal:g} on the 24 GB card: {'MET' if value >= goal else 'NOT MET'} here")
+    for stage, rows in (check.get("per_stage") or {}).items():
+        for row in rows:
+            print(f"  peak GPU memory {stage:<14} pid {row['pid']:>7} (GPU pids {row['gpu_pids']}): {row['peak_bytes'] / GIB:6.2f} GiB")
+    for pid, used in (check.get("other_gpu_processes") or {}).items():
+        print(f"  peak GPU memory other          pid {pid:>7}: {used / GIB:6.2f} GiB")
+    if check.get("comparisons"):
+        print(f"  {'figure':<72} {'measured':>12} {'plan':>12} {'diff':>8}")
+        for row in check["comparisons"]:
+            print(
+                f"  {row['figure']:<72} {_fmt(row['measured'], row['unit']):>12} {_fmt(row['planned'], row['unit']):>12} "
+                f"{100 * row['diff']:+7.1f}% {'ok' if row['ok'] else 'OFF'}"
+            )
+    for warning in check.get("warnings", []):
+        print(f"  WARNING: {warning}")
+    for failure in check.get("failures", []):
+        print(f"  FAILED: {failure}")
+    print("GPU check: PASS" if check.get("ok") else "GPU check: FAIL")
+
+
+# --------------------------------------------------------------------------------------------- plot, main
 
 
 def plot(report: dict, path: Path) -> None:
-    plt = pyplot()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     plan, run = report["plan"], report.get("run")
     fig, axes = plt.subplots(1, 3 if run else 2, figsize=(14 if run else 10, 4.5))
-    # Card memory, stacked.
-    kv = plan["kv_cache"]
-    parts = [
-        ("decoder weights", plan["weights_gib"]["decoder_language_model"]),
-        ("vLLM reserve", kv["activation_reserve_gib"]),
-        ("KV cache", kv["kv_gib"]),
-    ]
-    encoder = plan["encoder"]
-    for index in range(encoder["replicas"]):
+    a = plan["assumptions"]
+    parts = [("display headroom", a["display_bytes"])]
+    for index in range(plan["decoder_replicas"]):
         parts += [
-            (f"encoder {index + 1} weights", plan["weights_gib"]["encoder_vision_tower"]),
-            (
-                f"encoder {index + 1} activations (batch {plan['vision_activations']['batch']})",
-                plan["vision_activations"]["per_batch_gib"],
-            ),
-            (f"encoder {index + 1} context", encoder["context_gib"]),
+            (f"vLLM {index + 1} context", a["vllm_context_bytes"]),
+            (f"vLLM {index + 1} weights", plan["decoder_weights_bytes"]),
+            (f"vLLM {index + 1} reserve", a["vllm_reserve_bytes"]),
+            (f"vLLM {index + 1} KV cache", plan["kv_cache_memory_bytes"]),
+        ]
+    for index in range(plan["encoder_replicas"]):
+        parts += [
+            (f"encoder {index + 1} context", a["encoder_context_bytes"]),
+            (f"encoder {index + 1} weights", plan["encoder_weights_bytes"]),
+            (f"encoder {index + 1} activations", plan["activation_per_batch_bytes"]),
         ]
     bottom = 0.0
     for label, value in parts:
-        axes[0].bar(["plan"], [value], bottom=bottom, label=f"{label} {value:.1f}")
-        bottom += value
-    axes[0].axhline(plan["card_gib"], color="black", linestyle="--", label=f"card {plan['card_gib']:g} GiB")
+        axes[0].bar(["plan"], [value / GIB], bottom=bottom, label=f"{label} {value / GIB:.2f}")
+        bottom += value / GIB
+    axes[0].axhline(plan["card_bytes"] / GIB, color="black", linestyle="--", label=f"card {plan['card_bytes'] / GIB:g} GiB")
     axes[0].set_ylabel("GiB")
     axes[0].set_title("memory plan")
     axes[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    # Receipts in flight by output length.
-    rows = plan["receipts"]["in_flight_by_output_tokens"]
-    axes[1].plot([int(k) for k in rows], [r["kv_limited"] for r in rows.values()], "o-", label="KV room")
-    axes[1].plot([int(k) for k in rows], [r["concurrency"] for r in rows.values()], "s--", label="concurrency (max_num_seqs cap)")
+    rows = [row for row in plan["in_flight"] if row["label"] == "receipt"]
+    axes[1].plot([r["output_tokens"] for r in rows], [r["pages_by_kv"] for r in rows], "o-", label="KV room")
+    axes[1].plot([r["output_tokens"] for r in rows], [r["concurrency"] for r in rows], "s--", label="concurrency (max_num_seqs cap)")
     axes[1].set_xlabel("output tokens per receipt")
     axes[1].set_ylabel("receipts in flight")
-    axes[1].set_title(f"receipts of ~{plan['receipts']['typical_image_tokens']} image tokens")
+    axes[1].set_title(f"receipts of ~{a['receipt_image_tokens']} image tokens")
     axes[1].legend(fontsize=8)
     if run:
         names = ["pages/s", "output tok/s / 100"]
@@ -549,53 +832,80 @@ def plot(report: dict, path: Path) -> None:
     print(f"saved {path}")
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--plan-only", action="store_true", help="print the plan from the config (default without CUDA)")
-    mode.add_argument("--run", action="store_true", help="also measure throughput (default with CUDA)")
+    mode.add_argument("--run", action="store_true", help="also measure throughput in this process (default with CUDA)")
+    mode.add_argument("--check", action="store_true", help="serve the config's graph on this GPU and check it against the plan")
     parser.add_argument("--serve-config", type=Path, default=ROOT / "serve_config.yaml")
-    parser.add_argument("--card-gib", type=float, default=24.0)
-    parser.add_argument("--activation-reserve-gib", type=float, default=1.5, help="vLLM's non-KV memory besides weights")
+    parser.add_argument("--card-gib", type=float, default=24.0, help="the card the plan is for")
+    parser.add_argument("--reserve-gib", type=float, default=None, help="vLLM's memory besides weights and KV (default 1.5)")
     parser.add_argument("--checkpoint-dir", type=Path, default=DEFAULT_CHECKPOINT_DIR)
-    parser.add_argument("--build", action="store_true", help="write the full-size random checkpoint (implied by --run)")
-    parser.add_argument("--source", help="--run with this checkpoint (directory or hub id) instead of the random one")
-    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
-    parser.add_argument("--count", type=int, default=512, help="pages in the timed run")
+    parser.add_argument("--build", action="store_true", help="write the full-size random checkpoint (implied by --run/--check)")
+    parser.add_argument("--source", help="--run/--check with this checkpoint (directory or hub id) instead of the random one")
+    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES, help="receipt images (generated ones if missing)")
+    parser.add_argument("--count", type=int, default=512, help="receipts in the timed run")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--max-tokens", type=int, default=300)
-    parser.add_argument("--no-emulate-card", dest="emulate_card", action="store_false",
-                        help="on a larger card, keep gpu_memory_utilization instead of the plan's KV size")
+    parser.add_argument("--full-pages", type=int, default=None,
+                        help="--check: max_pixels pages sent to fill the encoder's batches (default 4 batches per replica; 0: none)")
+    parser.add_argument("--full-page-max-tokens", type=int, default=8)
+    parser.add_argument("--tolerance", type=float, default=0.10, help="--check: largest relative difference from the plan")
+    parser.add_argument("--port", type=int, default=8000, help="--check: Ray Serve's HTTP port")
+    parser.add_argument("--request-timeout-s", type=float, default=900.0)
+    parser.add_argument("--sample-interval-s", type=float, default=0.5, help="--check: nvidia-smi sampling period")
+    parser.add_argument("--verbose", action="store_true", help="--check: stream the replicas' logs here")
     parser.add_argument("--out", type=Path, default=RESULTS / "gpu_plan.json")
     parser.add_argument("--plot", type=Path, default=None, help="default: --out with .png")
     args = parser.parse_args(argv)
-    run = args.run or (not args.plan_only and cuda_available())
+    if args.check:
+        run = False
+    elif args.run:
+        run = True
+    else:
+        from bench.split_vs_fused import cuda_available
+
+        run = not args.plan_only and cuda_available()
 
     app = load_app_config(args.serve_config)
-    config = full_size_config()
-    sizes, origin = receipt_sizes(args.images)
-    plan = memory_plan(config, app, args.card_gib, sizes, args.activation_reserve_gib)
-    plan["serve_config"] = str(args.serve_config)
-    plan["images"] = origin
-    print_plan(plan)
-    report: dict[str, Any] = {"plan": plan, "run": None, "checkpoint_dir": None}
-
-    if args.build or (run and not args.source):
-        report["checkpoint_dir"] = str(build_full_size_checkpoint(args.checkpoint_dir))
+    report: dict[str, Any] = {"checkpoint_dir": None, "run": None, "check": None}
+    if args.check and shutil.which("nvidia-smi") is None:
+        print("GPU check: FAIL: no nvidia-smi: --check needs an NVIDIA GPU")
+        return 2
+    if args.build or ((run or args.check) and not args.source):
+        # --check builds on the CPU: this process holds no CUDA context while it measures the graph's.
+        device = "cpu" if args.check else None
+        report["checkpoint_dir"] = str(build_full_size_checkpoint(args.checkpoint_dir, device=device))
+    source = args.source or report["checkpoint_dir"]
+    receipt_tokens, images = receipt_image_tokens(args.images, app)
+    plan = make_plan(app, args.card_gib, model_dims(source), receipt_tokens, args.reserve_gib)
+    shown = args.serve_config.resolve()
+    text = format_plan(plan, str(shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else shown))
+    print(text)
+    print(f"  receipts: {images}")
+    report.update(plan=plan.model_dump(), plan_text=text, serve_config=str(args.serve_config), images=images)
+    status = 0
     if run:
+        from bench.split_vs_fused import cuda_available
+
         if not cuda_available():
             print("WARNING: no CUDA device: this run measures the plumbing, not the GPU plan")
         from serve_app.model.model_files import resolve_model_path
 
-        source = args.source or report["checkpoint_dir"]
         run_app = load_app_config(args.serve_config, source)
         model_path = resolve_model_path(run_app.model)
         report["run"] = asyncio.run(measure_run(args, run_app, model_path, plan))
         gc.collect()  # finalize vLLM's objects while the interpreter is whole
         print_run(report["run"])
+    if args.check:
+        report["check"] = run_check(args, plan, source)
+        print_check(report["check"])
+        status = 0 if report["check"]["ok"] else 1
     save_json(report, args.out)
     plot(report, args.plot or args.out.with_suffix(".png"))
+    return status
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

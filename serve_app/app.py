@@ -14,6 +14,7 @@ from ray.serve import Application
 from serve_app.config import OCRAppConfig
 from serve_app.stages.decoder import Decoder
 from serve_app.engines import DecoderEngine
+from serve_app.gpu_plan import check_gpu_plan
 from serve_app.model.model_files import pin_revision
 from serve_app.profiles import PROMPT_RESERVE_TOKENS, max_image_tokens
 from serve_app.stages.ingress import OCRIngress
@@ -47,6 +48,12 @@ def load_config(args: OCRAppConfig | dict[str, Any] | None) -> OCRAppConfig:
         except ValueError as error:
             raise ConfigError(f"Invalid serve_app config: decoder.engine_args: {error}") from None
         check_context(config)
+        if config.model.device == "cuda":
+            # The plan for one 24 GiB card (serve_app/gpu_plan.py): refuse what cannot fit before anything starts.
+            try:
+                check_gpu_plan(config)
+            except ValueError as error:
+                raise ConfigError(f"Invalid serve_app config: {error}") from None
     return config
 
 
