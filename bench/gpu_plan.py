@@ -43,6 +43,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.split_vs_fused import (  # noqa: E402  (light: the stdlib and bench.overhead at import)
+    DEFAULT_IMAGES,
+    IMAGE_SUFFIXES,
+    RESULTS,
+    load_app_config,
+    save_json,
+)
 from serve_app.gpu_plan import (  # noqa: E402
     GIB,
     PlanAssumptions,
@@ -54,30 +61,9 @@ from serve_app.gpu_plan import (  # noqa: E402
 
 FULL_VOCAB = 120818
 DEFAULT_CHECKPOINT_DIR = Path("~/.cache/hunyuan-ocr-serve/full-size-random-v1").expanduser()
-DEFAULT_IMAGES = ROOT.parent / "shared" / "data" / "sroie-sample"
-RESULTS = ROOT / "bench" / "results"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 MARKER = "full_size_random.json"
 GOALS = {"pages_per_s": 25.0, "output_tokens_per_s": 4000.0}
 MIB = 2**20
-
-
-def load_app_config(serve_config: Path, source: str | None = None):
-    """The application's config from a serve config file, the model source optionally replaced."""
-    from serve_app.config import OCRAppConfig
-
-    config = OCRAppConfig.from_serve_config(serve_config)
-    if config.model.family != "hunyuan_vl":
-        raise SystemExit(f"{serve_config}: model family {config.model.family!r}; the GPU plan is HunyuanOCR's")
-    if source:
-        config = config.model_copy(update={"model": config.model.model_copy(update={"source": source})})
-    return config
-
-
-def save_json(report: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2, default=str))
-    print(f"saved {path}")
 
 
 def model_dims(source: str | None) -> ModelDims:

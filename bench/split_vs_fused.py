@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.overhead import percentile, run_load  # noqa: E402
 
-DEFAULT_IMAGES = Path("/work/shared/data/sroie-sample")
+DEFAULT_IMAGES = ROOT.parent / "shared" / "data" / "sroie-sample"  # the sample receipts beside the checkout
 RESULTS = ROOT / "bench" / "results"
 INSTRUCTION = "提取图中的文字。"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")

@@ -59,23 +59,6 @@ def test_gpu_plan_plan_only(tmp_path):
     assert out.with_suffix(".png").stat().st_size > 0
 
 
-def test_memory_plan_arithmetic():
-    """The plan's KV arithmetic, in process (no checkpoint, no subprocess)."""
-    sys.path.insert(0, str(ROOT))
-    from bench.gpu_plan import full_size_config, memory_plan
-    from bench.split_vs_fused import load_app_config
-
-    app = load_app_config(ROOT / "serve_config.yaml")
-    plan = memory_plan(full_size_config(), app, 24.0, [(463, 1013)], activation_reserve_gib=1.5)
-    kv = plan["kv_cache"]
-    expected_kv = kv["vllm_budget_gib"] - plan["weights_gib"]["decoder_language_model"] - 1.5
-    assert kv["kv_gib"] == pytest.approx(expected_kv)
-    assert kv["tokens"] == pytest.approx(expected_kv * 2**30 / kv["bytes_per_token"], rel=1e-3)
-    row = plan["receipts"]["in_flight_by_output_tokens"]["300"]
-    assert row["sequence_tokens"] == plan["receipts"]["typical_image_tokens"] + 12 + 300
-    assert row["concurrency"] == min(kv["max_num_seqs"], row["kv_limited"])
-
-
 @pytest.mark.integration
 def test_engines_script(tmp_path, tiny_checkpoint):
     out = tmp_path / "engines.json"

@@ -106,7 +106,7 @@ def test_fractions_over_one_refused():
 def test_encoder_batch_over_its_share_refused_and_max_batch_patches_respected():
     path = ROOT / "serve_config.yaml"
     with pytest.raises(ValueError, match=r"encoder: a replica needs 8\.55 GiB .* > its share num_gpus 0\.21"):
-        check_gpu_plan(config_with(path, encoder={"max_batch_size": 4}))
+        check_gpu_plan(config_with(path, encoder={"max_batch_size": 4, "max_batch_patches": None}))
     # Capped at one full 4096x4096 page's patches a call, a batch of 4 needs one page's activations.
     plan = check_gpu_plan(config_with(path, encoder={"max_batch_size": 4, "max_batch_patches": 65536}))
     assert plan.encoder_batch_patches == 65536
