@@ -156,11 +156,37 @@ class StageConfig(_Strict):
         None, ge=0, description="How long a stopping replica (redeploy, downscale, shutdown) keeps serving the "
         "requests it holds. Unset: limits.request_timeout_s, so any request it accepted can finish."
     )
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="Ray custom resources each replica needs (ray_actor_options.resources), "
+        "e.g. {node_role_cpu: 0.01}: replicas go only to nodes started with that resource (`ray start --resources`, "
+        "a KubeRay group's rayStartParams), and autoscaling adds them wherever it exists. Empty: any node."
+    )
+    label_selector: dict[str, str] = Field(
+        default_factory=dict, description="Ray node labels each replica's node must have (ray_actor_options."
+        "label_selector, Ray >= 2.49), e.g. {ocr-role: gpu}: nodes started with `ray start --labels`, or a KubeRay "
+        "group's `labels` (KubeRay >= 1.5.1 also scales such groups up). Values take Ray's operators ('!gpu', "
+        "'in(a,b)'). Empty: any node."
+    )
 
     @model_validator(mode="after")
     def _one_scaling_mode(self) -> StageConfig:
         if self.num_replicas is not None and self.autoscaling is not None:
             raise ValueError("set either num_replicas or autoscaling, not both")
+        return self
+
+    @model_validator(mode="after")
+    def _placement_valid(self) -> StageConfig:
+        for name, amount in self.resources.items():
+            if name in ("CPU", "GPU", "memory", "object_store_memory"):
+                raise ValueError(f"resources: {name!r} is not a custom resource; use num_cpus / num_gpus")
+            if amount < 0:
+                raise ValueError(f"resources: {name!r} must not be negative")
+        if self.label_selector:
+            from ray._private.label_utils import validate_label_selector  # Ray's own check, as Serve runs it
+
+            problem = validate_label_selector(self.label_selector)
+            if problem:
+                raise ValueError(f"label_selector: {problem}")
         return self
 
     def apply_cpu_nice(self) -> None:
@@ -193,6 +219,10 @@ class StageConfig(_Strict):
             # Used when Ray's proxy itself sheds a request for this stage (the ingress): 503 + Retry-After.
             "backpressure_config": BackpressureConfig(status_code=503, retry_after_s=self.retry_after_s),
         }
+        if self.resources:
+            options["ray_actor_options"]["resources"] = dict(self.resources)
+        if self.label_selector:
+            options["ray_actor_options"]["label_selector"] = dict(self.label_selector)
         if not self.access_log:
             options["logging_config"] = {"enable_access_log": False}
         if self.autoscaling is not None:
@@ -244,6 +274,17 @@ class DecoderConfig(StageConfig):
 
 class IngressConfig(StageConfig):
     num_cpus: float = Field(0.25, ge=0)
+
+
+class GPUConfig(_Strict):
+    """The GPUs the memory plan (serve_app/gpu_plan.py) is checked against when `model.device` is cuda."""
+
+    count: int = Field(
+        1, ge=1, description="Cards the GPU stages spread over, on one node or several. The plan and the Ray GPU "
+        "fractions are checked per card, each stage's replicas at max scale divided over the cards (rounded up): "
+        "with 2, a decoder and an encoder autoscaling to 2 replicas each hold one of each per card."
+    )
+    memory_gib: float = Field(24.0, gt=0, description="Memory of each card (an RTX 4090D: 24).")
 
 
 class UIConfig(_Strict):
@@ -300,6 +341,7 @@ class OCRAppConfig(_Strict):
     encoder: EncoderConfig = EncoderConfig()
     decoder: DecoderConfig = DecoderConfig()
     ingress: IngressConfig = IngressConfig()
+    gpu: GPUConfig = GPUConfig()
     ui: UIConfig = UIConfig()
     security: SecurityConfig = SecurityConfig()
     image_url: ImageURLConfig = ImageURLConfig()
