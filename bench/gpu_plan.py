@@ -218,7 +218,7 @@ def make_plan(app, card_gib: float, dims: ModelDims, receipt_tokens: int | None,
         updates["receipt_image_tokens"] = receipt_tokens
     if reserve_gib is not None:
         updates["vllm_reserve_bytes"] = int(reserve_gib * GIB)
-    return gpu_plan(app, dims, int(card_gib * GIB), PlanAssumptions(**updates))
+    return gpu_plan(app, dims, int(card_gib * GIB) if card_gib else None, PlanAssumptions(**updates))
 
 
 # --------------------------------------------------------------------------------------------- run (in-process)
@@ -825,7 +825,7 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--run", action="store_true", help="also measure throughput in this process (default with CUDA)")
     mode.add_argument("--check", action="store_true", help="serve the config's graph on this GPU and check it against the plan")
     parser.add_argument("--serve-config", type=Path, default=ROOT / "serve_config.yaml")
-    parser.add_argument("--card-gib", type=float, default=24.0, help="the card the plan is for")
+    parser.add_argument("--card-gib", type=float, default=None, help="the card the plan is for (default: the config's gpu.memory_gib)")
     parser.add_argument("--reserve-gib", type=float, default=None, help="vLLM's memory besides weights and KV (default 1.5)")
     parser.add_argument("--checkpoint-dir", type=Path, default=DEFAULT_CHECKPOINT_DIR)
     parser.add_argument("--build", action="store_true", help="write the full-size random checkpoint (implied by --run/--check)")

@@ -172,6 +172,7 @@ class PagesInFlight(_Frozen):
 
 class GpuPlan(_Frozen):
     card_bytes: int
+    cards: int = 1  # GPUs the stages spread over; everything below is per card
     dtype: str
     dtype_bytes: int
     dims: ModelDims
@@ -291,13 +292,21 @@ def _max_replicas(stage) -> int:
     return stage.num_replicas or 1
 
 
+def _replicas_per_card(stage, cards: int) -> int:
+    """A stage's replicas on one card at max scale, spread over `cards` GPUs (rounded up)."""
+    return math.ceil(_max_replicas(stage) / cards)
+
+
 def gpu_plan(
     config,
     dims: ModelDims | None = None,
-    card_bytes: int = DEFAULT_CARD_BYTES,
+    card_bytes: int | None = None,
     assumptions: PlanAssumptions | None = None,
 ) -> GpuPlan:
-    """The memory plan of `config` (an OCRAppConfig) on one card of `card_bytes`."""
+    """The memory plan of `config` (an OCRAppConfig) on one card of `card_bytes` (default: the config's
+    `gpu.memory_gib`), each GPU stage's replicas at max scale spread over the config's `gpu.count` cards."""
+    card_bytes = card_bytes or int(config.gpu.memory_gib * GIB)
+    cards = config.gpu.count
     dims = dims or ModelDims()
     assumptions = assumptions or PlanAssumptions()
     dtype = config.model.dtype
@@ -341,8 +350,8 @@ def gpu_plan(
         "preprocessor": config.preprocessor, "encoder": config.encoder,
         "decoder": config.decoder, "ingress": config.ingress,
     }
-    fractions = {name: stage.num_gpus * _max_replicas(stage) for name, stage in stages.items()}
-    encoder_replicas, decoder_replicas = _max_replicas(config.encoder), _max_replicas(config.decoder)
+    fractions = {name: stage.num_gpus * _replicas_per_card(stage, cards) for name, stage in stages.items()}
+    encoder_replicas, decoder_replicas = _replicas_per_card(config.encoder, cards), _replicas_per_card(config.decoder, cards)
     total = assumptions.display_bytes + decoder_replicas * vllm_process + encoder_replicas * encoder_replica
 
     def in_flight(label: str, image_tokens: int, output: int) -> PagesInFlight:
@@ -358,7 +367,7 @@ def gpu_plan(
     rows += [in_flight("receipt", assumptions.receipt_image_tokens, out) for out in RECEIPT_OUTPUT_TOKENS]
 
     return GpuPlan(
-        card_bytes=card_bytes, dtype=dtype, dtype_bytes=width, dims=dims, assumptions=assumptions,
+        card_bytes=card_bytes, cards=cards, dtype=dtype, dtype_bytes=width, dims=dims, assumptions=assumptions,
         language_model_parameters=lm_params, vision_parameters=vision_params,
         decoder_weights_bytes=decoder_weights, encoder_weights_bytes=encoder_weights,
         kv_bytes_per_token=kv_per_token, block_size=block, kv_bytes_per_block=kv_per_block,
@@ -376,7 +385,7 @@ def gpu_plan(
     )
 
 
-def check_gpu_plan(config, card_bytes: int = DEFAULT_CARD_BYTES, dims: ModelDims | None = None) -> GpuPlan | None:
+def check_gpu_plan(config, card_bytes: int | None = None, dims: ModelDims | None = None) -> GpuPlan | None:
     """Raise ValueError listing every problem of `config`'s plan on a card of `card_bytes` (stage and numbers);
     the plan when it fits. None (nothing to check) unless the config serves HunyuanOCR through vLLM."""
     if config.model.family != "hunyuan_vl" or config.decoder.engine != "vllm":
@@ -385,7 +394,7 @@ def check_gpu_plan(config, card_bytes: int = DEFAULT_CARD_BYTES, dims: ModelDims
     problems = plan.problems()
     if problems:
         raise ValueError(
-            f"GPU memory plan does not fit one {_gib(card_bytes)} card (python bench/gpu_plan.py --plan-only "
+            f"GPU memory plan does not fit one {_gib(plan.card_bytes)} card (python bench/gpu_plan.py --plan-only "
             f"prints it): " + "; ".join(problems)
         )
     return plan
@@ -419,8 +428,9 @@ def format_plan(plan: GpuPlan, source: str = "") -> str:
             f"max_batch_patches {plan.encoder_max_batch_patches})"),
         row("encoder replica", f"{g(plan.encoder_replica_bytes)} = {a.encoder_context_bytes / GIB:g} GiB CUDA context "
             f"+ weights + batch activations; share {plan.encoder_num_gpus:g} = {g(plan.encoder_share_bytes).strip()}"),
-        row("total", f"{g(plan.total_bytes)} = {plan.decoder_replicas} vLLM + {plan.encoder_replicas} encoder "
-            f"replica(s) + {a.display_bytes / GIB:g} GiB display headroom"),
+        row("total" + (f" per card ({plan.cards} cards)" if plan.cards > 1 else ""), f"{g(plan.total_bytes)} = "
+            f"{plan.decoder_replicas} vLLM + {plan.encoder_replicas} encoder replica(s) + {a.display_bytes / GIB:g} GiB "
+            "display headroom"),
         row("Ray GPU fractions at max replicas", f"{plan.ray_fraction_total:6.2f}     ("
             + ", ".join(f"{stage} {value:g}" for stage, value in plan.ray_gpu_fractions.items() if value) + ")"),
         "  pages in flight (KV-limited, capped by max_num_seqs):",

@@ -171,3 +171,18 @@ def test_gpu_check_reads_vllms_log_lines(tmp_path):
     assert found["kv_reserved"] == ("12.38",)
     assert found["kv_tokens"] == ("135,152",)
     assert "capturing_bar" not in found
+
+
+def test_replicas_spread_over_several_cards_are_planned_per_card():
+    """A cluster of GPUs: with gpu.count 2, a decoder and an encoder scaling to 2 replicas each hold one of each
+    per card (what a single card refuses)."""
+    path = ROOT / "serve_config.yaml"
+    scaled = {"autoscaling": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 8}}
+    with pytest.raises(ValueError, match=r"ray: GPU fractions at max replicas sum to 1\.82 > 1"):
+        check_gpu_plan(config_with(path, encoder=scaled, decoder=scaled))
+    plan = check_gpu_plan(config_with(path, encoder=scaled, decoder=scaled, gpu={"count": 2}))
+    assert (plan.cards, plan.decoder_replicas, plan.encoder_replicas) == (2, 1, 1)
+    assert plan.ray_fraction_total == pytest.approx(0.91)
+    assert plan.total_bytes == gpu_plan(OCRAppConfig.from_serve_config(path)).total_bytes
+    bigger = gpu_plan(config_with(path, gpu={"memory_gib": 48}))
+    assert bigger.card_bytes == 48 * GIB
