@@ -123,8 +123,8 @@ def served(checkpoints, tmp_path_factory):
     import ray
     from ray import serve
 
-    # Logical CPUs: three graphs of fractional stages share this 2-core machine.
-    ray.init(num_cpus=8, include_dashboard=False, configure_logging=False, _metrics_export_port=METRICS_PORT)
+    # Logical CPUs: seven graphs of fractional stages (9.5 CPUs of num_cpus with the UI's) share this 2-core machine.
+    ray.init(num_cpus=16, include_dashboard=False, configure_logging=False, _metrics_export_port=METRICS_PORT)
     serve.start(http_options={"host": "127.0.0.1", "port": HTTP_PORT})
     for engine, route in ROUTES.items():
         serve.run(build_graph(graph_config(checkpoints["1.5"], engine)), name=engine, route_prefix=route)
