@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import time
@@ -26,6 +25,15 @@ from ray.serve.exceptions import RequestCancelledError
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.api.auth import load_api_key
+from serve_app.api.http_io import (
+    first_error_cancels_rest,
+    int_field,
+    next_or_none,
+    openai_finish_reason,
+    read_body,
+    sse_event,
+    str_field,
+)
 from serve_app.api.chat_input import image_and_instruction, load_image
 from serve_app.config import OCRAppConfig
 from serve_app.errors import (
@@ -132,72 +140,7 @@ for _client_gone_error in (ClientDisconnect, TaskCancelledError, RequestCancelle
     app.add_exception_handler(_client_gone_error, _unexpected_error)
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
-    """The raw body, refused as soon as it passes the limit (no unbounded buffering)."""
-    declared = request.headers.get("content-length", "")
-    if re.fullmatch(r"[0-9]{1,18}", declared) and int(declared) > max_bytes:
-        raise PayloadTooLargeError(f"The body is {declared} bytes; the limit is {max_bytes} bytes.")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise PayloadTooLargeError(f"The body is over the limit of {max_bytes} bytes.")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _str_field(value) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-async def first_error_cancels_rest(coroutines: list) -> list:
-    """Run concurrently, results in order; on the first failure cancel the others and raise it."""
-    tasks = [asyncio.ensure_future(coroutine) for coroutine in coroutines]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        for task in tasks:
-            if task.done() and not task.cancelled() and task.exception() is not None:
-                raise task.exception()
-        return [task.result() for task in tasks]
-    finally:
-        for task in tasks:
-            task.cancel()
-
-
-def _int_field(value, name: str) -> int | None:
-    if value in (None, ""):
-        return None
-    text = value.strip() if isinstance(value, str) else ""
-    if not re.fullmatch(r"-?[0-9]{1,9}", text):  # ASCII digits: "²".isdigit() is True, int("²") fails
-        raise InvalidRequestError(f"{name} must be an integer.", name)
-    return int(text)
-
-
-def _openai_finish(reason: str) -> str:
-    return "length" if reason == "length" else "stop"  # the repetition guard's stop reads as "stop"
-
-
-async def _next_or_none(chunks, remaining_s: float):
-    """The stream's next chunk (None at its end), or TimeoutError once the request's deadline passed."""
-    if remaining_s <= 0:
-        raise TimeoutError
-    try:
-        return await asyncio.wait_for(chunks.__anext__(), remaining_s)
-    except StopAsyncIteration:
-        return None
-
-
-def _sse(payload) -> str:
-    if isinstance(payload, str):
-        data = payload
-    elif isinstance(payload, dict):
-        data = json.dumps(payload)
-    else:
-        data = payload.model_dump_json(exclude_none=True)
-    return f"data: {data}\n\n"
-
-
-# Helpers above this point: Serve captures the app when the decorator runs, before later names exist.
+# Everything the routes use is defined above: Serve captures the app when the decorator runs.
 @serve.deployment
 @serve.ingress(app)
 class OCRIngress:
@@ -324,9 +267,9 @@ class OCRIngress:
             image_bytes, form = await self._read_form(request)
             content_type = None
             for name in params:
-                params[name] = params[name] if params[name] is not None else _str_field(form.get(name))
+                params[name] = params[name] if params[name] is not None else str_field(form.get(name))
             fields = fields or [value for value in form.getlist("fields") if isinstance(value, str)] or None
-            max_tokens = max_tokens if max_tokens is not None else _int_field(form.get("max_tokens"), "max_tokens")
+            max_tokens = max_tokens if max_tokens is not None else int_field(form.get("max_tokens"), "max_tokens")
         else:
             image_bytes = await read_body(request, self.config.limits.max_body_bytes)
         return await self.recognize(
@@ -577,7 +520,7 @@ class OCRIngress:
         return ChatCompletion(
             id=request_id,
             model=served,
-            choices=[Choice(message=AssistantMessage(content=result.text), finish_reason=_openai_finish(result.finish_reason))],
+            choices=[Choice(message=AssistantMessage(content=result.text), finish_reason=openai_finish_reason(result.finish_reason))],
             usage=ChatUsage(
                 prompt_tokens=result.prompt_tokens,
                 completion_tokens=result.completion_tokens,
@@ -587,12 +530,12 @@ class OCRIngress:
 
     async def _chat_stream(self, chunks, request_id: str, include_usage: bool, deadline: float) -> AsyncIterator[str]:
         model = self.config.model.served_model_name
-        yield _sse(ChatCompletionChunk(id=request_id, model=model, choices=[ChunkChoice(delta=Delta(role="assistant", content=""))]))
+        yield sse_event(ChatCompletionChunk(id=request_id, model=model, choices=[ChunkChoice(delta=Delta(role="assistant", content=""))]))
         prompt_tokens = completion_tokens = 0
         try:
             while True:
                 try:
-                    chunk = await _next_or_none(chunks, deadline - time.monotonic())
+                    chunk = await next_or_none(chunks, deadline - time.monotonic())
                 except (asyncio.TimeoutError, TimeoutError):
                     chunks.cancel()  # stops the decoder's generation
                     raise RequestTimeoutError(
@@ -603,24 +546,24 @@ class OCRIngress:
                     break
                 prompt_tokens = prompt_tokens or chunk.prompt_tokens
                 completion_tokens += len(chunk.token_ids)
-                finish = _openai_finish(chunk.finish_reason) if chunk.finish_reason else None
+                finish = openai_finish_reason(chunk.finish_reason) if chunk.finish_reason else None
                 if chunk.text or finish:
                     delta = Delta(content=chunk.text) if chunk.text else Delta()
-                    yield _sse(
+                    yield sse_event(
                         ChatCompletionChunk(id=request_id, model=model, choices=[ChunkChoice(delta=delta, finish_reason=finish)])
                     )
         except Exception as error:  # the status line is sent already: report in the stream, OpenAI style
             service_error = as_service_error(error)
             self.metrics.errors.inc(tags={"error_type": service_error.error_type})
-            yield _sse(service_error.to_dict())
-            yield _sse("[DONE]")
+            yield sse_event(service_error.to_dict())
+            yield sse_event("[DONE]")
             return
         if include_usage:
             usage = ChatUsage(
                 prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens
             )
-            yield _sse(ChatCompletionChunk(id=request_id, model=model, choices=[], usage=usage))
-        yield _sse("[DONE]")
+            yield sse_event(ChatCompletionChunk(id=request_id, model=model, choices=[], usage=usage))
+        yield sse_event("[DONE]")
 
     # ------------------------------------------------------------------ health
 
