@@ -30,16 +30,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = (ROOT / ".." / "shared" / "data" / "sroie-sample").resolve()
-DEFAULT_OUT = ROOT / "bench" / "results" / "accuracy.json"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.lib.images import DEFAULT_IMAGES  # noqa: E402
+from bench.lib.results import RESULTS, write_json  # noqa: E402
+
+DEFAULT_DATA = DEFAULT_IMAGES.resolve()
+DEFAULT_OUT = RESULTS / "accuracy.json"
 IOU_THRESHOLD = 0.5
 
 Box = tuple[float, float, float, float]  # x1, y1, x2, y2
@@ -330,9 +333,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print_table(runs)
     report = {"data": str(data), "url": None if args.direct_rapidocr else args.url, "iou_threshold": IOU_THRESHOLD,
               "normalization": "strip, collapse whitespace, casefold", "runs": runs}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.out}")
+    print(f"wrote {write_json(report, args.out)}")
     return report
 
 

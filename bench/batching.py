@@ -18,7 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import load  # noqa: E402
+from bench.lib import sweep  # noqa: E402
+from bench.lib.results import timestamped  # noqa: E402
 
 TARGET = 8.0
 
@@ -41,7 +42,7 @@ def ratios(report: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    load.add_common_arguments(parser, [1, 32], "text")
+    sweep.add_common_arguments(parser, [1, 32], "text")
     parser.add_argument("--target", type=float, default=TARGET, help="ratio to reach (default %(default)s)")
     parser.add_argument("--require", action="store_true", help="exit with status 1 when the ratio is below --target")
     args = parser.parse_args(argv)
@@ -49,8 +50,8 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("--concurrency takes two levels, low then high (default 1 32)")
     if args.requests is None and args.duration is None:
         args.duration = 20.0
-    report = load.run_from_args(args)
-    load.print_errors(report)
+    report = sweep.run_from_args(args)
+    sweep.print_errors(report)
     report["ratio"] = ratios(report)
     report["target"] = args.target
     report["meets_target"] = report["ratio"]["requests_per_s"] >= args.target
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
             )
     title = (f"batching: c={ratio['high_concurrency']} / c={ratio['low_concurrency']} = {ratio['requests_per_s']:.2f}x "
              f"requests/s (target {args.target:g}x)   max_tokens {report['max_tokens']}")
-    out, png = load.save(report, args.out or load.default_out("batching"), args.plot, title)
+    out, png = sweep.save(report, args.out or timestamped("batching"), args.plot, title)
     print(f"saved {out} and {png}")
     if args.require and not report["meets_target"]:
         raise SystemExit(1)

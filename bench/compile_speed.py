@@ -15,7 +15,7 @@ engines would not both fit) each engine runs its rounds alone, one after the oth
 
     python bench/compile_speed.py                          # tiny checkpoint, configs/cpu.yaml, 8 x 64 tokens
     python bench/compile_speed.py --rounds 7 --concurrency 16 --max-tokens 128
-    python bench/compile_speed.py --source /models/HunyuanOCR --serve-config serve_config.yaml
+    python bench/compile_speed.py --source tencent/HunyuanOCR --serve-config serve_config.yaml
 """
 
 from __future__ import annotations
@@ -32,36 +32,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.split_vs_fused import (  # noqa: E402
-    DEFAULT_IMAGES,
-    INSTRUCTION,
-    RESULTS,
-    cuda_available,
-    default_serve_config,
-    fixed_length_outputs,
-    load_app_config,
-    load_pages,
-    save_json,
-)
+from bench.lib.config import cuda_available, default_serve_config, load_app_config  # noqa: E402
+from bench.lib.images import DEFAULT_IMAGES, load_pages  # noqa: E402
+from bench.lib.pipeline import encode_pages, fixed_length_outputs  # noqa: E402
+from bench.lib.processes import cpu_seconds  # noqa: E402
+from bench.lib.results import RESULTS, write_json  # noqa: E402
 
 MODES = {"eager": True, "compiled": False}  # mode -> enforce_eager
 
 
 def prepare_request_inputs(config, model_path: str, images: Path | None):
     """(prompt, ImageEmbeddings) for one page: the Preprocessor's and the vision tower's code, run once."""
-    from serve_app.model.hunyuan_vl import encode_images, load_vision_tower, resolve_device
     from serve_app.stage_io import ImageEmbeddings
-    from serve_app.stages.preprocessor import ImagePreparer
 
     (page,), origin = load_pages(images, 1)
-    preparer = ImagePreparer(config, model_path)
-    prepared = preparer.prepare(page, INSTRUCTION)
-    tower = load_vision_tower(model_path, config.model.dtype, resolve_device(config.model.device))
-    (embeddings,) = encode_images(tower, [prepared.pixels], [prepared.image_grid_thw], preparer.normalization)
-    del tower
+    (prepared,), (embeddings,) = encode_pages(config, model_path, [page])
     return prepared.prompt, ImageEmbeddings(embeddings, prepared.image_grid_thw), origin
 
 
@@ -99,14 +86,7 @@ class Mode:
         self.processes = [child for child in psutil.Process().children(recursive=True) if child.pid not in before]
 
     def engine_cpu_s(self) -> float:
-        total = 0.0
-        for process in self.processes:
-            try:
-                times = process.cpu_times()
-                total += times.user + times.system
-            except Exception:  # exited (the guard, at shutdown)
-                pass
-        return total
+        return cpu_seconds(self.processes)  # an exited process (the guard, at shutdown) counts 0
 
     def compile_artifacts(self) -> int:
         return sum(1 for path in (self.cache_root / "torch_compile_cache").rglob("*") if path.is_file())
@@ -234,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{report['cpu_efficiency_compiled_over_eager']:.2f}x tok per CPU s; "
             f"same greedy tokens: {report['same_greedy_tokens']}"
         )
-    save_json(report, args.output)
+    print(f"saved {write_json(report, args.output)}")
     print(json.dumps({k: v for k, v in report.items() if k not in MODES}, indent=None)[:400])
 
 

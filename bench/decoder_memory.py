@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,7 +21,11 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.lib.results import RESULTS, write_json  # noqa: E402
+from serve_app.profiles import TEXT_ZH  # noqa: E402
+
 REAL_VISION = {"hidden_size": 1152, "num_hidden_layers": 27, "num_attention_heads": 16, "intermediate_size": 4304}
 
 
@@ -73,7 +77,7 @@ async def measure(checkpoint: Path, image_limit: int) -> dict:
     started = time.perf_counter()
     await engine.start()
     start_s = time.perf_counter() - started
-    prompt = ImagePreparer(OCRAppConfig(), str(checkpoint)).build_prompt("提取图中的文字。")
+    prompt = ImagePreparer(OCRAppConfig(), str(checkpoint)).build_prompt(TEXT_ZH)
     grid = np.array([1, 8, 12])  # 4 * (6 + 1) + 2 = 30 image tokens
     embeddings = np.random.default_rng(0).standard_normal((30, 128)).astype(np.float32)
     await engine.generate(DecodeRequest(prompt, ImageEmbeddings(embeddings, grid), SamplingOptions(max_tokens=16)))
@@ -86,7 +90,7 @@ async def measure(checkpoint: Path, image_limit: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "decoder_memory.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "decoder_memory.json")
     args = parser.parse_args()
     from serve_app.model.tiny_checkpoint import build_tiny_checkpoint
 
@@ -97,9 +101,7 @@ def main() -> None:
     print(f"{'checkpoint':<24} {'vision tower':>12} {'PSS MiB':>8} {'RSS MiB':>8} {'start s':>8}")
     for row in rows:
         print(f"{row['checkpoint']:<24} {str(row['vision_tower']):>12} {row['pss_mib']:>8} {row['rss_mib']:>8} {row['start_s']:>8}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(rows, indent=2))
-    print(f"saved {args.out}")
+    print(f"saved {write_json(rows, args.out)}")
 
 
 if __name__ == "__main__":

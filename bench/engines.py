@@ -21,7 +21,7 @@ largest batch is not observable from outside: the report gives the decoder's con
 
     python bench/engines.py                                    # tiny checkpoint, configs/cpu.yaml
     python bench/engines.py --concurrency 1 4 16 --requests 16 --max-tokens 32
-    python bench/engines.py --source /models/HunyuanOCR        # GPU: serve_config.yaml engine args
+    python bench/engines.py --source tencent/HunyuanOCR        # GPU: serve_config.yaml engine args
     python bench/engines.py --served --concurrency 1 4 --requests 8   # through the served graph
 """
 
@@ -40,23 +40,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.overhead import run_load  # noqa: E402
-from bench.stage_memory import stage_processes  # noqa: E402
-from bench.split_vs_fused import (  # noqa: E402
-    DEFAULT_IMAGES,
-    INSTRUCTION,
-    RESULTS,
-    cuda_available,
-    default_serve_config,
-    fixed_length_outputs,
-    load_app_config,
-    load_pages,
-    pyplot,
-    save_json,
-)
+from bench.lib import ROOT  # noqa: E402
+from bench.lib.config import cuda_available, default_serve_config, load_app_config  # noqa: E402
+from bench.lib.http_load import run_load  # noqa: E402
+from bench.lib.images import DEFAULT_IMAGES, load_pages  # noqa: E402
+from bench.lib.pipeline import encode_pages, fixed_length_outputs  # noqa: E402
+from bench.lib.plotting import pyplot_or_none, save_figure  # noqa: E402
+from bench.lib.processes import stage_processes, tree_rss  # noqa: E402
+from bench.lib.results import RESULTS, write_json  # noqa: E402
+from bench.lib.service import deployed_graph, free_port, serve_instance  # noqa: E402
 
 ENGINES = ("transformers", "vllm")
 GIB = 2**30
@@ -102,25 +96,9 @@ class MemorySampler:
 
         return int(pynvml.nvmlDeviceGetMemoryInfo(self._nvml).used)
 
-    def _tree_rss(self) -> int:
-        import psutil
-
-        total = 0
-        for root in self.roots:
-            try:
-                tree = [root, *root.children(recursive=True)]
-            except psutil.Error:
-                continue
-            for process in tree:
-                try:
-                    total += process.memory_info().rss
-                except psutil.Error:
-                    continue
-        return total
-
     def sample(self) -> None:
         phase = self.phase
-        self.rss_peak[phase] = max(self.rss_peak.get(phase, 0), self._tree_rss())
+        self.rss_peak[phase] = max(self.rss_peak.get(phase, 0), tree_rss(self.roots))
         if self._nvml is not None:
             used = self._device_used() - self.device_baseline
             self.device_peak[phase] = max(self.device_peak.get(phase, 0), used)
@@ -172,16 +150,8 @@ def prepare_inputs(config, model_path: str, pages: list[bytes], work: Path) -> d
     """Preprocess and encode the distinct pages once; both engines decode exactly these requests."""
     import numpy as np
 
-    from serve_app.model.hunyuan_vl import encode_images, load_vision_tower, resolve_device
-    from serve_app.stages.preprocessor import ImagePreparer
-
-    preparer = ImagePreparer(config, model_path)
-    tower = load_vision_tower(model_path, config.model.dtype, resolve_device(config.model.device))
     distinct = list(dict.fromkeys(pages))
-    prepared = [preparer.prepare(payload, INSTRUCTION) for payload in distinct]
-    embeddings = encode_images(
-        tower, [p.pixels for p in prepared], [p.image_grid_thw for p in prepared], preparer.normalization
-    )
+    prepared, embeddings = encode_pages(config, model_path, distinct)
     arrays = {}
     for index, (item, emb) in enumerate(zip(prepared, embeddings)):
         arrays[f"embeddings_{index}"] = emb
@@ -466,22 +436,13 @@ async def served_load(args, port: int, pages: list[bytes]) -> dict:
 
 def served_engine(engine: str, config, args, port: int, pages: list[bytes]) -> dict:
     """The graph with this decoder engine, deployed as "ocr" at /, loaded, then deleted."""
-    from ray import serve
-
-    from serve_app.app import build_graph
-
     config = with_decoder_engine(config, engine)
     print(f"--- {engine} engine (served graph)", flush=True)
-    started = time.perf_counter()
-    serve.run(build_graph(config), name="ocr", route_prefix="/")
-    start_s = time.perf_counter() - started
-    try:
+    with deployed_graph(config) as start_s:
         sampler = MemorySampler(roots=decoder_replicas())
         sampler.enter("requests")  # "load": once, as the graph is up; "requests": warm-up and load
         result = asyncio.run(served_load(args, port, pages))
         memory = sampler.stop()
-    finally:
-        serve.delete("ocr")
     peaks = memory["rss_gib"]
     encoder_batch_seen = result.pop("max_encoder_batch_size_seen")
     return {
@@ -503,16 +464,9 @@ def served_engine(engine: str, config, args, port: int, pages: list[bytes]) -> d
 
 def run_served(args, config, pages: list[bytes]) -> list[dict]:
     """Each engine in turn on one Ray Serve instance (HTTP on 127.0.0.1:`args.port`)."""
-    from ray import serve
-
-    from tests.conftest import free_port
-
     port = args.port or free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    try:
+    with serve_instance(port):
         return [served_engine(engine, config, args, port, pages) for engine in args.engines]
-    finally:
-        serve.shutdown()
 
 
 # --------------------------------------------------------------------------------------------- parent
@@ -578,8 +532,10 @@ def print_table(report: dict) -> None:
         print(f"{row['engine']:<13}| {rates} | {row['peak_mem_gib']:>12.2f} | {detail}")
 
 
-def plot(report: dict, path: Path) -> None:
-    plt = pyplot()
+def plot(report: dict, path: Path) -> Path | None:
+    plt = pyplot_or_none()
+    if plt is None:
+        return None
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     for row in report["engines"]:
         concurrencies = [int(c) for c in row["by_concurrency"]]
@@ -612,11 +568,7 @@ def plot(report: dict, path: Path) -> None:
         f"decoder engines{' served (POST /ocr)' if report['mode'] == 'served' else ''}, {report['device']} "
         f"{report['dtype']}, {report['max_tokens']} tokens/request", fontsize=9
     )
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    print(f"saved {path}")
+    return save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -684,8 +636,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.served:
         report["notes"] = SERVED_NOTES
     print_table(report)
-    save_json(report, args.out)
-    plot(report, args.plot or args.out.with_suffix(".png"))
+    print(f"saved {write_json(report, args.out)}")
+    png = plot(report, args.plot or args.out.with_suffix(".png"))
+    if png:
+        print(f"saved {png}")
 
 
 if __name__ == "__main__":

@@ -40,16 +40,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.split_vs_fused import (  # noqa: E402  (light: the stdlib and bench.overhead at import)
-    DEFAULT_IMAGES,
-    IMAGE_SUFFIXES,
-    RESULTS,
-    load_app_config,
-    save_json,
-)
+from bench.lib import ROOT  # noqa: E402
+from bench.lib.config import cuda_available, load_app_config  # noqa: E402
+from bench.lib.images import DEFAULT_IMAGES, image_files, load_pages, synthetic_page  # noqa: E402
+from bench.lib.plotting import pyplot_or_none, save_figure  # noqa: E402
+from bench.lib.results import RESULTS, write_json  # noqa: E402
+from bench.lib.stats import p50_p95  # noqa: E402
 from serve_app.gpu_plan import (  # noqa: E402
     GIB,
     PlanAssumptions,
@@ -200,9 +198,7 @@ def receipt_image_tokens(images_dir: Path | None, app) -> tuple[int | None, str]
     """The median image tokens of the receipts in `images_dir` at the config's pixel budget (None: no images)."""
     from PIL import Image
 
-    files = []
-    if images_dir is not None and images_dir.is_dir():
-        files = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = image_files(images_dir)
     if not files:
         return None, f"assumed {PlanAssumptions().receipt_image_tokens} image tokens a receipt (463x1000, SROIE-like)"
     tokens = []
@@ -228,8 +224,9 @@ async def measure_run(args, app, model_path: str, plan: GpuPlan) -> dict:
     """Throughput through the stage code in this process; vLLM gets the config's own KV cache size."""
     import torch
 
-    from bench.overhead import run_load
-    from bench.split_vs_fused import SplitPipeline, fixed_length_outputs, load_pages, percentiles, with_engine_args
+    from bench.lib.config import with_engine_args
+    from bench.lib.http_load import run_load
+    from bench.lib.pipeline import SplitPipeline, fixed_length_outputs
 
     fixed_length_outputs()
     on_cuda = torch.cuda.is_available()
@@ -257,7 +254,7 @@ async def measure_run(args, app, model_path: str, plan: GpuPlan) -> dict:
         load = await run_load(send, pages, args.concurrency)
     finally:
         await pipeline.shutdown()
-    stages = {stage: percentiles([r[f"{stage}_s"] * 1000 for r in results]) for stage in ("preprocess", "encode", "decode")}
+    stages = {stage: p50_p95([r[f"{stage}_s"] * 1000 for r in results]) for stage in ("preprocess", "encode", "decode")}
     return {
         "device": pipeline.device,
         "gpu": torch.cuda.get_device_name(0) if on_cuda else None,
@@ -420,17 +417,10 @@ class GpuMemorySampler:
 
 
 def process_tree() -> dict[int, int]:
-    """pid -> parent pid of every process this machine's /proc shows."""
-    parents = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            parents[int(entry.name)] = int(fields[1])
-        except (OSError, IndexError, ValueError):
-            continue
-    return parents
+    """pid -> parent pid of every process this machine shows."""
+    import psutil
+
+    return {process.pid: process.info["ppid"] for process in psutil.process_iter(["ppid"]) if process.info["ppid"] is not None}
 
 
 def with_descendants(pid: int, parents: dict[int, int]) -> set[int]:
@@ -484,34 +474,6 @@ def content_type(payload: bytes) -> str:
     return "application/octet-stream"
 
 
-def synthetic_page(width: int, height: int, seed: int = 0) -> bytes:
-    """A receipt-like JPEG: light paper, lines of dark text."""
-    import io
-
-    from PIL import Image, ImageDraw
-
-    image = Image.new("RGB", (width, height), (246, 244, 238))
-    draw = ImageDraw.Draw(image)
-    step = max(14, height // 60)
-    for row, y in enumerate(range(8, height - step, step)):
-        draw.text((8 + (seed * 11 + row * 7) % max(1, width // 5), y), f"ITEM {seed}-{row} QTY 1 PRICE {row * 3 % 97}.50",
-                  fill=(25, 25, 35))
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=85)
-    return buffer.getvalue()
-
-
-def receipt_payloads(images_dir: Path | None, count: int) -> tuple[list[bytes], str]:
-    files = []
-    if images_dir is not None and images_dir.is_dir():
-        files = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if files:
-        distinct, origin = [p.read_bytes() for p in files], f"{images_dir} ({len(files)} images)"
-    else:
-        distinct, origin = [synthetic_page(463, 1000, seed) for seed in range(8)], "generated 463x1000 receipts"
-    return [distinct[i % len(distinct)] for i in range(count)], origin
-
-
 async def post_pages(base_url: str, payloads: list[bytes], concurrency: int, max_tokens: int, timeout_s: float) -> dict:
     """POST each payload to /ocr (task text) with `concurrency` in flight; throughput and errors."""
     import httpx
@@ -547,7 +509,6 @@ async def post_pages(base_url: str, payloads: list[bytes], concurrency: int, max
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(payloads))))))
         elapsed = time.perf_counter() - started
-    latencies = sorted(r["latency_s"] for r in results)
     pages = sum(r["pages"] for r in results)
     tokens = sum(r["completion_tokens"] for r in results)
     return {
@@ -555,10 +516,7 @@ async def post_pages(base_url: str, payloads: list[bytes], concurrency: int, max
         "concurrency": concurrency, "max_tokens": max_tokens, "elapsed_s": round(elapsed, 2),
         "pages_per_s": pages / elapsed if elapsed else 0.0, "output_tokens_per_s": tokens / elapsed if elapsed else 0.0,
         "completion_tokens": tokens,
-        "latency_ms": {
-            "p50": 1000 * latencies[len(latencies) // 2] if latencies else 0.0,
-            "p95": 1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.95))] if latencies else 0.0,
-        },
+        "latency_ms": p50_p95([1000 * r["latency_s"] for r in results]),
     }
 
 
@@ -613,7 +571,7 @@ def run_check(args, plan: GpuPlan, source: str) -> dict:
             side = plan.page_side
             full_count = args.full_pages if args.full_pages is not None else 4 * plan.encoder_max_batch_size * plan.encoder_replicas
             full_concurrency = 2 * plan.encoder_max_batch_size * plan.encoder_replicas + 2
-            receipts, origin = receipt_payloads(args.images, args.count)
+            receipts, origin = load_pages(args.images, args.count)
             report["images"] = origin
             warm = asyncio.run(post_pages(base_url, receipts[: max(8, args.concurrency // 4)], args.concurrency // 4 or 1,
                                           args.max_tokens, args.request_timeout_s))
@@ -763,12 +721,10 @@ def print_check(check: dict) -> None:
 # --------------------------------------------------------------------------------------------- plot, main
 
 
-def plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot(report: dict, path: Path) -> Path | None:
+    plt = pyplot_or_none()
+    if plt is None:
+        return None
     plan, run = report["plan"], report.get("run")
     fig, axes = plt.subplots(1, 3 if run else 2, figsize=(14 if run else 10, 4.5))
     a = plan["assumptions"]
@@ -811,11 +767,7 @@ def plot(report: dict, path: Path) -> None:
         axes[2].set_xticks(list(xs), names)
         axes[2].set_title(f"{run['gpu'] or run['device']}, concurrency {run['concurrency']}", fontsize=9)
         axes[2].legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    print(f"saved {path}")
+    return save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -850,8 +802,6 @@ def main(argv: list[str] | None = None) -> int:
     elif args.run:
         run = True
     else:
-        from bench.split_vs_fused import cuda_available
-
         run = not args.plan_only and cuda_available()
 
     app = load_app_config(args.serve_config)
@@ -873,8 +823,6 @@ def main(argv: list[str] | None = None) -> int:
     report.update(plan=plan.model_dump(), plan_text=text, serve_config=str(args.serve_config), images=images)
     status = 0
     if run:
-        from bench.split_vs_fused import cuda_available
-
         if not cuda_available():
             print("WARNING: no CUDA device: this run measures the plumbing, not the GPU plan")
         from serve_app.model.model_files import resolve_model_path
@@ -888,8 +836,10 @@ def main(argv: list[str] | None = None) -> int:
         report["check"] = run_check(args, plan, source)
         print_check(report["check"])
         status = 0 if report["check"]["ok"] else 1
-    save_json(report, args.out)
-    plot(report, args.plot or args.out.with_suffix(".png"))
+    print(f"saved {write_json(report, args.out)}")
+    png = plot(report, args.plot or args.out.with_suffix(".png"))
+    if png:
+        print(f"saved {png}")
     return status
 
 

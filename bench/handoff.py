@@ -15,21 +15,20 @@ conversion would run on the device, the host-side copies and Ray's transfer are 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from bench.plotting import pyplot_or_none  # noqa: E402
+from bench.lib.plotting import pyplot_or_none, save_figure  # noqa: E402
+from bench.lib.results import RESULTS, write_json  # noqa: E402
 
-DEFAULT_OUT = ROOT / "bench" / "results" / "handoff.json"
+DEFAULT_OUT = RESULTS / "handoff.json"
 HIDDEN_SIZE = 1024  # HunyuanOCR's text hidden size
 # Image tokens at HunyuanOCR's pixel budget: the median receipt of shared/data/sroie-sample, and a 2048x2048
 # model input (128x128 patches: 64 * 65 + 2).
@@ -130,8 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
             )
     finally:
         ray.shutdown()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    write_json(report, args.out, allow_nan=False)
     png = plot(report, args.out.with_suffix(".png"))
     print(f"wrote {args.out}" + (f" and {png}" if png else ""))
     return report
@@ -152,10 +150,7 @@ def plot(report: dict, path: Path) -> Path | None:
         axis.set_ylabel(label)
     axes[0].legend()
     figure.suptitle(f"encoder -> decoder handoff through Ray, hidden {report['hidden_size']} (medians of rounds)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, dpi=120)
 
 
 if __name__ == "__main__":

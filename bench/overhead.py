@@ -13,51 +13,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.lib import ROOT  # noqa: E402
+from bench.lib.http_load import run_load  # noqa: E402
+from bench.lib.images import synthetic_page  # noqa: E402
+from bench.lib.results import RESULTS, write_json  # noqa: E402
+from bench.lib.service import deployed_graph, serve_instance  # noqa: E402
+from bench.lib.stats import median_by_key  # noqa: E402
 from serve_app.profiles import TEXT_ZH  # noqa: E402
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
-    return ordered[index]
-
-
-async def run_load(send, payloads: list[bytes], concurrency: int) -> dict:
-    """Send every payload with at most `concurrency` in flight; latency per request, overall rate."""
-    queue: asyncio.Queue[bytes] = asyncio.Queue()
-    for payload in payloads:
-        queue.put_nowait(payload)
-    latencies: list[float] = []
-    tokens = 0
-
-    async def worker():
-        nonlocal tokens
-        while not queue.empty():
-            payload = queue.get_nowait()
-            started = time.perf_counter()
-            produced = await send(payload)  # not `tokens += await ...`: that reads `tokens` before awaiting
-            tokens += produced
-            latencies.append(time.perf_counter() - started)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    elapsed = time.perf_counter() - started
-    return {
-        "requests": len(latencies),
-        "p50_ms": percentile(latencies, 0.50) * 1000,
-        "p95_ms": percentile(latencies, 0.95) * 1000,
-        "requests_per_s": len(latencies) / elapsed,
-        "output_tokens_per_s": tokens / elapsed,
-    }
 
 
 class InProcessPipeline:
@@ -92,9 +59,8 @@ async def main_async(args, config) -> dict:
     import httpx
 
     from serve_app.model.model_files import resolve_model_path
-    from tests.conftest import make_image, to_bytes
 
-    payloads = [to_bytes(make_image(480, 320, seed=index), "JPEG") for index in range(args.requests)]
+    payloads = [synthetic_page(480, 320, seed=index) for index in range(args.requests)]
     pipeline = InProcessPipeline(config, resolve_model_path(config.model))
     await pipeline.engine.start()
 
@@ -117,10 +83,7 @@ async def main_async(args, config) -> dict:
             for _ in range(args.rounds):
                 rounds["http"].append(await run_load(send_http, payloads, concurrency))
                 rounds["in_process"].append(await run_load(send_local, payloads, concurrency))
-            summary = {
-                path: {key: statistics.median(r[key] for r in results) for key in results[0]}
-                for path, results in rounds.items()
-            }
+            summary = {path: median_by_key(results) for path, results in rounds.items()}
             summary["ratio_p50_latency_http_over_in_process"] = summary["http"]["p50_ms"] / summary["in_process"]["p50_ms"]
             summary["ratio_throughput_http_over_in_process"] = (
                 summary["http"]["requests_per_s"] / summary["in_process"]["requests_per_s"]
@@ -153,25 +116,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--port", type=int, default=8200)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "overhead.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "overhead.json")
     args = parser.parse_args()
 
-    from ray import serve
-
-    from serve_app.app import build_graph
     from serve_app.config import OCRAppConfig
 
     config = OCRAppConfig.from_serve_config(args.config)
-    serve.start(http_options={"host": "127.0.0.1", "port": args.port})
-    serve.run(build_graph(config), name="ocr", route_prefix="/")
-    try:
+    with serve_instance(args.port), deployed_graph(config):
         report = asyncio.run(main_async(args, config))
-    finally:
-        serve.shutdown()
     print_table(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    print(f"saved {args.out}")
+    print(f"saved {write_json(report, args.out)}")
 
 
 if __name__ == "__main__":

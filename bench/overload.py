@@ -5,6 +5,8 @@ load fast instead of queueing without bound.
 2. Capacity: closed loop at `--capacity-concurrency` for `--capacity-seconds`: requests/s it sustains.
 3. Overload: open loop, requests arriving at `--multiplier` x capacity for `--duration` s, each one
    on its own (a caller that does not wait for the previous answer), while each stage's RSS is sampled.
+   With `--cycles N --idle S`: N such bursts, each followed by S s without requests (does memory
+   come back when the load goes?).
 
 Reports: accepted requests (200) and whether each answer equals its image's reference; rejections
 (503 + Retry-After) and how fast they came; timeouts (504), anything else; memory per stage over time.
@@ -12,6 +14,11 @@ JSON + PNG under bench/results/.
 
     serve run configs/cpu.yaml &
     python bench/overload.py --url http://127.0.0.1:8000 --app ocr
+    python bench/overload.py --app ocr --duration 600                         # 10 minutes at 4x
+    python bench/overload.py --app ocr --duration 120 --idle 60 --cycles 4    # overload and idle, alternating
+
+RSS per stage is reported at the end of every minute, and its growth from the end of minute 1 (warm-up:
+allocator pools, caches) to the end.
 """
 
 from __future__ import annotations
@@ -26,9 +33,12 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from load import DEFAULT_IMAGES, load_documents, percentile  # noqa: E402
-from stage_memory import plot_memory, rss_mib_by_stage  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.lib.http_load import load_documents  # noqa: E402
+from bench.lib.images import DEFAULT_IMAGES  # noqa: E402
+from bench.lib.plotting import plot_memory  # noqa: E402
+from bench.lib.processes import rss_mib_by_stage  # noqa: E402
+from bench.lib.stats import percentile  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,7 +124,11 @@ async def capacity(url, images, max_tokens, concurrency, seconds, timeout_s) -> 
 async def sample_memory(app: str | None, interval_s: float, samples: list, stop: asyncio.Event) -> None:
     started = time.perf_counter()
     while not stop.is_set():
-        samples.append({"t": round(time.perf_counter() - started, 1), "rss_mib": rss_mib_by_stage(app)})
+        samples.append({
+            "t": round(time.perf_counter() - started, 1),
+            "rss_mib": rss_mib_by_stage(app),
+            "children_rss_mib": rss_mib_by_stage(app, children_only=True),  # e.g. vLLM's engine core
+        })
         try:
             await asyncio.wait_for(stop.wait(), interval_s)
         except asyncio.TimeoutError:
@@ -148,15 +162,23 @@ async def run(args) -> dict:
 
     tasks = []
     started = time.perf_counter()
-    total = int(rate * args.duration)
-    for index in range(total):
-        delay = started + index / rate - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(index)))
-    offered_s = time.perf_counter() - started
+    per_cycle = int(rate * args.duration)
+    offered_s = 0.0
+    for cycle in range(args.cycles):
+        cycle_started = time.perf_counter()
+        for index in range(per_cycle):
+            delay = cycle_started + index / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(cycle * per_cycle + index)))
+        offered_s += time.perf_counter() - cycle_started
+        if args.idle > 0 and cycle < args.cycles - 1:
+            print(f"cycle {cycle + 1}/{args.cycles}: {per_cycle} offered; idle {args.idle:g} s", flush=True)
+            await asyncio.sleep(args.idle)
     await asyncio.gather(*tasks)
     drained_s = time.perf_counter() - started
+    if args.idle > 0:  # the last idle period too: what memory does once the load has gone
+        await asyncio.sleep(args.idle)
     stop.set()
     await sampler
 
@@ -175,6 +197,7 @@ async def run(args) -> dict:
     for stage in stages:
         series = [sample["rss_mib"].get(stage, 0.0) for sample in samples]
         memory[stage] = {"start_mib": series[0], "end_mib": series[-1], "max_mib": max(series)}
+    by_minute = rss_by_minute(samples, stages)
     report = {
         "url": args.url,
         "max_tokens": args.max_tokens,
@@ -182,6 +205,8 @@ async def run(args) -> dict:
         "offered_rps": round(rate, 2),
         "multiplier": args.multiplier,
         "duration_s": args.duration,
+        "cycles": args.cycles,
+        "idle_s": args.idle,
         "offered_in_s": round(offered_s, 1),
         "all_answered_in_s": round(drained_s, 1),
         "requests": len(results),
@@ -199,9 +224,49 @@ async def run(args) -> dict:
         "rejected_retry_after": {str(key): value for key, value in retry_after.items()},
         "rejected_body": dict(rejection_bodies),
         "memory_mib": memory,
+        "rss_mib_by_minute": by_minute,
+        "growth_after_minute_1_pct": growth_after_first_minute(by_minute, stages),
         "memory_samples": samples,
     }
     return report
+
+
+def rss_by_minute(samples: list[dict], stages: list[str]) -> list[dict]:
+    """RSS per stage at 0 s and at the end of each whole minute (the last sample at or before it), and at the end."""
+    if not samples:
+        return []
+    marks = [0.0, *range(60, int(samples[-1]["t"]) + 1, 60)]
+    rows = []
+    for mark in marks:
+        sample = [s for s in samples if s["t"] <= mark + 1e-6][-1] if mark else samples[0]
+        rows.append({"minute": mark / 60, "t": sample["t"], **{stage: sample["rss_mib"].get(stage) for stage in stages}})
+    if samples[-1]["t"] > rows[-1]["t"]:
+        rows.append({"minute": round(samples[-1]["t"] / 60, 2), "t": samples[-1]["t"],
+                     **{stage: samples[-1]["rss_mib"].get(stage) for stage in stages}})
+    return rows
+
+
+def growth_after_first_minute(rows: list[dict], stages: list[str]) -> dict[str, float | None]:
+    """Per stage: % change of RSS from the end of minute 1 to the last sample (None for a run under 2 minutes)."""
+    if len(rows) < 3:
+        return {stage: None for stage in stages}
+    first, last = rows[1], rows[-1]
+    return {
+        stage: round(100 * (last[stage] - first[stage]) / first[stage], 1) if first.get(stage) and last.get(stage) else None
+        for stage in stages
+    }
+
+
+def print_minutes(report: dict) -> None:
+    rows = report["rss_mib_by_minute"]
+    if not rows:
+        return
+    stages = [key for key in rows[0] if key not in ("minute", "t")]
+    print("RSS (MiB) per stage, replicas + children:")
+    print("minute " + " ".join(f"{stage:>14}" for stage in stages))
+    for row in rows:
+        print(f"{row['minute']:6.2f} " + " ".join(f"{row[stage] or 0:14.1f}" for stage in stages))
+    print("growth after minute 1 (%):", report["growth_after_minute_1_pct"])
 
 
 def plot(report: dict, path: Path) -> Path | None:
@@ -220,7 +285,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--limit", type=int, default=8, help="images used")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--multiplier", type=float, default=4.0)
-    parser.add_argument("--duration", type=float, default=60.0)
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of overload (per cycle)")
+    parser.add_argument("--cycles", type=int, default=1, help="overload bursts")
+    parser.add_argument("--idle", type=float, default=0.0, help="seconds without requests after each burst")
     parser.add_argument("--capacity-concurrency", type=int, default=16)
     parser.add_argument("--capacity-seconds", type=float, default=15.0)
     parser.add_argument("--memory-interval", type=float, default=2.0)
@@ -232,8 +299,9 @@ def main(argv: list[str] | None = None) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     report["plot"] = str(plot(report, out.with_suffix(".png")))
     out.write_text(json.dumps(report, indent=2))
-    summary = {key: value for key, value in report.items() if key != "memory_samples"}
+    summary = {key: value for key, value in report.items() if key not in ("memory_samples", "rss_mib_by_minute")}
     print(json.dumps(summary, indent=2))
+    print_minutes(report)
     return report
 
 

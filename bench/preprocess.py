@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import math
 import platform
 import statistics
@@ -43,16 +42,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.plotting import pyplot_or_none  # noqa: E402
+from bench.lib import ROOT  # noqa: E402
+from bench.lib.plotting import pyplot_or_none, save_figure  # noqa: E402
+from bench.lib.results import RESULTS, write_json  # noqa: E402
 from serve_app.config import OCRAppConfig  # noqa: E402
 from serve_app.profiles import TEXT_ZH  # noqa: E402
 from serve_app.inputs.images import decode_image, fit_decoded  # noqa: E402
 
-DEFAULT_OUT = ROOT / "bench" / "results" / "preprocess.json"
-FONT_CANDIDATES = ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/dejavu/DejaVuSans.ttf")
+DEFAULT_OUT = RESULTS / "preprocess.json"
 LINES = (
     "INVOICE No. 2026-11-28/0042        Date: 28 Nov 2026",
     "Qty  Description                          Unit      Total",
@@ -77,10 +76,12 @@ def image_size(megapixels: float) -> tuple[int, int]:
 
 
 def _font(size: int) -> ImageFont.ImageFont:
-    for path in FONT_CANDIDATES:
-        if Path(path).is_file():
-            return ImageFont.truetype(path, size)
-    return ImageFont.load_default(size=size)
+    """DejaVu Sans where the system has it (Pillow looks a bare file name up in the system's font folders),
+    Pillow's own default font otherwise."""
+    try:
+        return ImageFont.truetype("DejaVuSans.ttf", size)
+    except OSError:
+        return ImageFont.load_default(size=size)
 
 
 def synthetic_photo(size: tuple[int, int], seed: int = 0) -> bytes:
@@ -235,10 +236,7 @@ def plot(report: dict, path: Path) -> Path | None:
     axes.set_ylabel(f"median ms to model input ({report['runs']} runs)")
     axes.set_title(f"{width}x{height} JPEG -> model input ({report['image_threads']} image threads)")
     axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, dpi=120)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -292,8 +290,7 @@ def main(argv: list[str] | None = None) -> dict:
             + ("identical" if quality["identical"] else f"PSNR {quality['rgb_psnr_db']:.1f} dB")
             + f" (bicubic vs Lanczos: {quality['bicubic_vs_lanczos_psnr_db']:.1f} dB)"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    write_json(report, args.out, allow_nan=False)
     png = plot(report, args.out.with_suffix(".png"))
     print(f"wrote {args.out}" + (f" and {png}" if png else ""))
     return report

@@ -22,9 +22,11 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from load import DEFAULT_IMAGES, load_documents  # noqa: E402
-from stage_memory import plot_memory, rss_mib_by_stage  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.lib.http_load import load_documents  # noqa: E402
+from bench.lib.images import DEFAULT_IMAGES  # noqa: E402
+from bench.lib.plotting import plot_memory  # noqa: E402
+from bench.lib.processes import rss_mib_by_stage  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ("text", "spotting", "stream")

@@ -20,10 +20,7 @@ saves JSON and a PNG.
 
     python bench/split_vs_fused.py                                     # tiny checkpoint, configs/cpu.yaml
     python bench/split_vs_fused.py --concurrency 1 16 --requests 16 --rounds 3 --max-tokens 32
-    python bench/split_vs_fused.py --source /models/HunyuanOCR         # GPU: serve_config.yaml, stock fused engine
-
-Also the shared pieces of bench/engines.py and bench/gpu_plan.py: images, the batched in-process vision
-encoder, the split pipeline and fixed-length sampling.
+    python bench/split_vs_fused.py --source tencent/HunyuanOCR         # GPU: serve_config.yaml, stock fused engine
 """
 
 from __future__ import annotations
@@ -31,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import statistics
 import sys
 import time
@@ -39,180 +35,16 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.overhead import percentile, run_load  # noqa: E402
-
-DEFAULT_IMAGES = ROOT.parent / "shared" / "data" / "sroie-sample"  # the sample receipts beside the checkout
-RESULTS = ROOT / "bench" / "results"
-INSTRUCTION = "提取图中的文字。"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
-
-
-# --------------------------------------------------------------------------------------------- set-up
-
-
-def cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def default_serve_config() -> Path:
-    """serve_config.yaml (the 24 GB GPU plan) where CUDA is visible, configs/cpu.yaml otherwise."""
-    return ROOT / "serve_config.yaml" if cuda_available() else ROOT / "configs" / "cpu.yaml"
-
-
-def load_app_config(serve_config: Path, source: str | None = None):
-    """The application's config from a serve config file, the model source optionally replaced."""
-    from serve_app.config import OCRAppConfig
-
-    config = OCRAppConfig.from_serve_config(serve_config)
-    if config.model.family != "hunyuan_vl":
-        raise SystemExit(f"{serve_config}: model family {config.model.family!r}; these benches need hunyuan_vl")
-    if source:
-        config = config.model_copy(update={"model": config.model.model_copy(update={"source": source})})
-    return config
-
-
-def with_engine_args(config, **updates):
-    """A copy of `config` whose decoder engine_args carry `updates` (None values remove a key)."""
-    args = {**config.decoder.engine_args, **updates}
-    args = {key: value for key, value in args.items() if value is not None}
-    return config.model_copy(update={"decoder": config.decoder.model_copy(update={"engine_args": args})})
-
-
-def load_pages(images_dir: Path | None, count: int) -> tuple[list[bytes], str]:
-    """`count` image payloads, cycling over the receipts in `images_dir` (sorted), or over synthetic
-    receipt-sized pages (463x1000, like SROIE's) when the folder is missing or empty."""
-    files = []
-    if images_dir is not None and images_dir.is_dir():
-        files = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if files:
-        distinct = [p.read_bytes() for p in files]
-        origin = f"{images_dir} ({len(files)} images)"
-    else:
-        from tests.conftest import make_image, to_bytes
-
-        distinct = [to_bytes(make_image(463, 1000, seed=i), "JPEG") for i in range(8)]
-        origin = f"synthetic 463x1000 pages ({images_dir} has no images)"
-    return [distinct[i % len(distinct)] for i in range(count)], origin
-
-
-def fixed_length_outputs() -> None:
-    """Make every vLLM request of this process run to max_tokens (`ignore_eos=True`).
-
-    VLLMEngine builds its SamplingParams with `from vllm import SamplingParams` at call time, and
-    SamplingOptions has no ignore_eos: replacing that module attribute with a factory that adds it
-    keeps the engine's own request path while fixing the output length. Bench processes only.
-    """
-    import vllm
-
-    real = getattr(vllm, "_real_sampling_params", None) or vllm.SamplingParams
-
-    def sampling_params(*args, **kwargs):
-        kwargs.setdefault("ignore_eos", True)
-        return real(*args, **kwargs)
-
-    vllm._real_sampling_params = real
-    vllm.SamplingParams = sampling_params
-
-
-def percentiles(values: list[float]) -> dict[str, float]:
-    return {"p50": percentile(values, 0.5), "p95": percentile(values, 0.95)} if values else {"p50": 0.0, "p95": 0.0}
-
-
-def save_json(report: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2))
-    print(f"saved {path}")
-
-
-def pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-# --------------------------------------------------------------------------------------------- the split path
-
-
-class BatchingEncoder:
-    """The VisionEncoder stage without Ray: its tower encoder (VisionTowerEncoder) behind the same batching
-    (serve_app.stages.batching.BatchWhileBusy), recording each call's size and time."""
-
-    def __init__(self, tower_encoder, max_batch: int, wait_s: float):
-        from serve_app.stages.batching import BatchWhileBusy
-
-        self.tower_encoder = tower_encoder
-        self.batcher = BatchWhileBusy(self._encode, max_batch, wait_s)
-        self.batch_sizes: list[int] = []
-        self.batch_ms: list[float] = []
-
-    async def encode(self, prepared):
-        return await self.batcher.submit(prepared)
-
-    def _encode(self, items: list) -> list:
-        results = self.tower_encoder.encode(items)
-        self.batch_sizes.append(len(items))
-        self.batch_ms.append(results[0].encode_ms)
-        return results
-
-    async def close(self) -> None:
-        await self.batcher.close()
-
-
-class SplitPipeline:
-    """Preprocessor -> VisionEncoder -> Decoder stage code in one process (no Ray, no HTTP)."""
-
-    def __init__(self, config, model_path: str):
-        from serve_app.engines.vllm_engine import VLLMEngine
-        from serve_app.model.hunyuan_vl import resolve_device
-        from serve_app.stages.preprocessor import ImagePreparer
-        from serve_app.stages.vision_encoder import VisionTowerEncoder
-
-        self.config = config
-        self.preparer = ImagePreparer(config, model_path)
-        self.device = resolve_device(config.model.device)
-        tower_encoder = VisionTowerEncoder(config)  # the stage's own code: the checkpoint of config.model
-        self.tower = tower_encoder.tower
-        self.encoder = BatchingEncoder(tower_encoder, config.encoder.max_batch_size, config.encoder.batch_wait_timeout_s)
-        self.engine = VLLMEngine(config.model, config.decoder, model_path)
-        self.start_s = 0.0
-
-    async def start(self) -> None:
-        started = time.perf_counter()
-        await self.engine.start()
-        self.start_s = time.perf_counter() - started
-
-    async def run(self, payload: bytes, max_tokens: int) -> dict[str, Any]:
-        """One page end to end; token counts and per-stage times."""
-        from serve_app.stage_io import DecodeRequest, SamplingOptions
-
-        started = time.perf_counter()
-        prepared = await asyncio.to_thread(self.preparer.prepare, payload, INSTRUCTION)
-        prepared_at = time.perf_counter()
-        embeddings = await self.encoder.encode(prepared)
-        encoded_at = time.perf_counter()
-        result = await self.engine.generate(
-            DecodeRequest(prepared.prompt, embeddings, SamplingOptions(max_tokens=max_tokens))
-        )
-        done = time.perf_counter()
-        return {
-            "completion_tokens": result.completion_tokens,
-            "prompt_tokens": result.prompt_tokens,
-            "preprocess_s": prepared_at - started,
-            "encode_s": encoded_at - prepared_at,
-            "decode_s": done - encoded_at,
-        }
-
-    async def shutdown(self) -> None:
-        await self.encoder.close()
-        await self.engine.shutdown()
+from bench.lib.config import cuda_available, default_serve_config, load_app_config, with_engine_args  # noqa: E402
+from bench.lib.http_load import run_load  # noqa: E402
+from bench.lib.images import DEFAULT_IMAGES, load_pages  # noqa: E402
+from bench.lib.pipeline import SplitPipeline, fixed_length_outputs  # noqa: E402
+from bench.lib.plotting import pyplot_or_none, save_figure  # noqa: E402
+from bench.lib.results import RESULTS, write_json  # noqa: E402
+from bench.lib.stats import median_by_key, percentile  # noqa: E402
+from serve_app.profiles import TEXT_ZH  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------- the fused path
@@ -269,7 +101,7 @@ class FusedPipeline:
         started = time.perf_counter()
         image = await asyncio.to_thread(self._image, payload)
         prompt = {
-            "prompt": self.preparer.build_prompt(INSTRUCTION),
+            "prompt": self.preparer.build_prompt(TEXT_ZH),
             "multi_modal_data": {"image": image},
             "mm_processor_kwargs": self.mm_processor_kwargs,
         }
@@ -364,7 +196,7 @@ async def _measure(args, config, model_path: str, split: SplitPipeline, fused: F
                 rounds[name].append(await run_load(sender(name), payloads, concurrency))
         summary: dict[str, Any] = {}
         for name, results in rounds.items():
-            summary[name] = {key: statistics.median(r[key] for r in results) for key in results[0]}
+            summary[name] = median_by_key(results)
             summary[name]["pages_per_s"] = summary[name].pop("requests_per_s")
         summary["split"]["stage_p50_ms"] = {
             stage: percentile([r[f"{stage}_s"] for r in split_stages], 0.5) * 1000
@@ -407,8 +239,10 @@ def print_table(report: dict) -> None:
         )
 
 
-def plot(report: dict, path: Path) -> None:
-    plt = pyplot()
+def plot(report: dict, path: Path) -> Path | None:
+    plt = pyplot_or_none()
+    if plt is None:
+        return None
     concurrencies = list(report["by_concurrency"])
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     width = 0.38
@@ -426,11 +260,7 @@ def plot(report: dict, path: Path) -> None:
         f"{report['device']}, {report['max_tokens']} tokens/page",
         fontsize=9,
     )
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    print(f"saved {path}")
+    return save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -467,8 +297,10 @@ def main(argv: list[str] | None = None) -> None:
     report = asyncio.run(measure(args, config, model_path))
     gc.collect()  # finalize vLLM's objects while the interpreter is whole
     print_table(report)
-    save_json(report, args.out)
-    plot(report, args.plot or args.out.with_suffix(".png"))
+    print(f"saved {write_json(report, args.out)}")
+    png = plot(report, args.plot or args.out.with_suffix(".png"))
+    if png:
+        print(f"saved {png}")
 
 
 if __name__ == "__main__":

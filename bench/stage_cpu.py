@@ -1,7 +1,7 @@
 """CPU time per request of each process of a running service: where the CPU of a request goes.
 
-Runs one closed-loop level of bench/load.py's generator (after a short warm-up) against a service on
-this machine and reads the CPU time (user + system) of each process before and after, from the
+Runs one closed-loop level of bench/load.py's generator (bench.lib.http_load; after a short warm-up) against
+a service on this machine and reads the CPU time (user + system) of each process before and after, from the
 processes themselves: each stage's replicas (`ray::ServeReplica:<app>:<deployment>`) and, apart, their
 child processes (vLLM's engine core and worker under the Decoder), Ray's HTTP proxy, the Serve
 controller, the raylet and the GCS, and this client. Prints and saves CPU ms per request and % of a
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import time
 from pathlib import Path
@@ -24,11 +23,13 @@ from pathlib import Path
 import httpx
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import load  # noqa: E402
-from stage_memory import stage_processes  # noqa: E402
+from bench.lib import http_load  # noqa: E402
+from bench.lib.images import DEFAULT_IMAGES  # noqa: E402
+from bench.lib.plotting import pyplot_or_none, save_figure  # noqa: E402
+from bench.lib.processes import cpu_seconds, stage_processes  # noqa: E402
+from bench.lib.results import timestamped, write_json  # noqa: E402
 
 RAY_PROCESSES = {  # group -> a string in the command line that names it
     "Ray proxy": "ray::ProxyActor",
@@ -54,6 +55,11 @@ def process_groups(app: str) -> dict[str, list[psutil.Process]]:
     return groups
 
 
+def group_cpu_seconds(groups: dict[str, list[psutil.Process]]) -> dict[str, float]:
+    """Group -> user + system CPU seconds of its processes so far (a process gone since counts 0)."""
+    return {group: cpu_seconds(processes) for group, processes in groups.items()}
+
+
 def _children(process: psutil.Process) -> list[psutil.Process]:
     try:
         return process.children(recursive=True)
@@ -61,37 +67,22 @@ def _children(process: psutil.Process) -> list[psutil.Process]:
         return []
 
 
-def cpu_seconds(groups: dict[str, list[psutil.Process]]) -> dict[str, float]:
-    """Group -> user + system CPU seconds of its processes so far (a process gone since counts 0)."""
-    totals = {}
-    for group, processes in groups.items():
-        total = 0.0
-        for process in processes:
-            try:
-                times = process.cpu_times()
-                total += times.user + times.system
-            except psutil.Error:
-                pass
-        totals[group] = total
-    return totals
-
-
 async def measure(args) -> dict:
-    documents = load.load_documents(args.images, args.limit_images)
-    mix = load.parse_mix(args.mix)
+    documents = http_load.load_documents(args.images, args.limit_images)
+    mix = http_load.parse_mix(args.mix)
     groups = process_groups(args.app)
     if not any(not name.endswith("children") and name not in RAY_PROCESSES for name in groups):
         raise SystemExit(f"no replica of app {args.app!r} runs on this machine (--app names the Serve application)")
     limits = httpx.Limits(max_connections=args.concurrency + 8, max_keepalive_connections=args.concurrency + 8)
     async with httpx.AsyncClient(base_url=args.url.rstrip("/"), timeout=args.timeout, limits=limits) as client:
-        target = load.Target(client, args.max_tokens, args.fields.split(","), documents=documents)
-        if any(kind in load.CHAT_KINDS for kind in mix):
-            target.model = await load.served_model(client)
-        kinds = load.kind_schedule(mix, args.concurrency * 64)
-        await load.run_level(target, kinds, 1, requests=args.warmup)  # warm-up, not counted
-        before, client_before, started = cpu_seconds(groups), time.process_time(), time.perf_counter()
-        level = await load.run_level(target, kinds, args.concurrency, duration=args.duration)
-        after, client_after, elapsed = cpu_seconds(groups), time.process_time(), time.perf_counter() - started
+        target = http_load.Target(client, args.max_tokens, args.fields.split(","), documents=documents)
+        if any(kind in http_load.CHAT_KINDS for kind in mix):
+            target.model = await http_load.served_model(client)
+        kinds = http_load.kind_schedule(mix, args.concurrency * 64)
+        await http_load.run_level(target, kinds, 1, requests=args.warmup)  # warm-up, not counted
+        before, client_before, started = group_cpu_seconds(groups), time.process_time(), time.perf_counter()
+        level = await http_load.run_level(target, kinds, args.concurrency, duration=args.duration)
+        after, client_after, elapsed = group_cpu_seconds(groups), time.process_time(), time.perf_counter() - started
     used = {group: after[group] - before[group] for group in groups}
     used["this client"] = client_after - client_before
     requests = max(level["ok"], 1)
@@ -136,12 +127,8 @@ def print_table(report: dict) -> None:
 
 
 def plot(report: dict, path: Path) -> Path | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot_or_none()
+    if plt is None:
         return None
     groups = [group for group in report["by_group"] if group != "this client"]
     figure, axis = plt.subplots(figsize=(8, 4.5))
@@ -151,20 +138,17 @@ def plot(report: dict, path: Path) -> Path | None:
         f"c={report['concurrency']}, {report['requests_per_s']:.2f} req/s: "
         f"{report['service_ms_per_request']:.0f} CPU ms per request in all"
     )
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, dpi=100)
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="base URL of the service (its route prefix included)")
     parser.add_argument("--app", default="ocr", help="the Serve application's name (default %(default)s)")
-    parser.add_argument("--images", type=Path, default=load.DEFAULT_IMAGES)
+    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
     parser.add_argument("--limit-images", type=int, default=None)
     parser.add_argument("--mix", default="text", help="as bench/load.py (default %(default)s)")
-    parser.add_argument("--fields", default=load.DEFAULT_FIELDS)
+    parser.add_argument("--fields", default=http_load.DEFAULT_FIELDS)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of load (default %(default)s)")
@@ -174,9 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     report = asyncio.run(measure(args))
     print_table(report)
-    out = args.out or load.default_out("stage_cpu")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    out = write_json(report, args.out or timestamped("stage_cpu"))
     png = plot(report, out.with_suffix(".png"))
     print(f"saved {out}" + (f" and {png}" if png else ""))
     return report

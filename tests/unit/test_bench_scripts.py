@@ -172,13 +172,13 @@ def test_overhead_smoke(tmp_path):
 
 
 def test_load_generator_backs_off_as_refusals_say():
-    """bench/load.py: a worker refused with 503 + Retry-After waits that long before its next request,
-    and the refusal is counted as an error of its status, not dropped."""
+    """bench/load.py's generator (bench.lib.http_load): a worker refused with 503 + Retry-After waits that
+    long before its next request, and the refusal is counted as an error of its status, not dropped."""
     import asyncio
 
     import httpx
 
-    from bench import load
+    from bench.lib import http_load
 
     sent_at: list[float] = []
 
@@ -191,8 +191,8 @@ def test_load_generator_backs_off_as_refusals_say():
 
     async def run() -> dict:
         async with httpx.AsyncClient(transport=httpx.MockTransport(answer), base_url="http://ocr") as client:
-            target = load.Target(client, 8, [], documents=[load.Document("a.png", b"x", "image/png")])
-            return await load.run_level(target, ["text"], concurrency=1, requests=3)
+            target = http_load.Target(client, 8, [], documents=[http_load.Document("a.png", b"x", "image/png")])
+            return await http_load.run_level(target, ["text"], concurrency=1, requests=3)
 
     level = asyncio.run(run())
     assert (level["ok"], level["errors"]) == (2, {"503": 1})
