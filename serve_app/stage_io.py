@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -57,11 +57,14 @@ class PixelNormalization:
 
 @dataclass
 class PreparedImage:
-    """Preprocessor output: model-ready pixels, the prompt, and what is needed to map boxes back."""
+    """Preprocessor output: model-ready pixels, the prompt, and what is needed to map boxes back.
+
+    Out of the Preprocessor stage the pixels travel apart, in Ray's object store (`pixels_ref`): the ingress
+    receives this small record (prompt, sizes) and passes it on, and the VisionEncoder alone fetches the pixels."""
 
     # uint8. HunyuanOCR: (n_patches, channels * patch * patch) in the vision tower's patch layout, to be
-    # normalised with `normalization`. PP-OCR: the (height, width, 3) RGB image.
-    pixels: np.ndarray
+    # normalised with `normalization`. PP-OCR: the (height, width, 3) RGB image. None while in `pixels_ref`.
+    pixels: np.ndarray | None
     image_grid_thw: np.ndarray  # (3,) int64: temporal, height, width in patches
     prompt: str  # chat template applied: system/user text with one image placeholder span
     original_size: tuple[int, int]  # (width, height) of the decoded image as the caller sent it
@@ -70,6 +73,24 @@ class PreparedImage:
     exif_orientation: int  # EXIF orientation tag value that was applied (1 = none)
     normalization: PixelNormalization | None = None  # 8-bit patches -> the image processor's float values
     preprocess_ms: float = 0.0
+    pixels_ref: Any = None  # ray.ObjectRef of `pixels` between the Preprocessor and the VisionEncoder
+
+    def pixels_by_reference(self) -> PreparedImage:
+        """This record with its pixels put in Ray's object store (in a Ray worker)."""
+        import ray
+
+        return replace(self, pixels=None, pixels_ref=ray.put(self.pixels))
+
+    def release_pixels(self) -> PreparedImage:
+        """Drop this copy's hold on the pixels (the ingress's copy: then they live only until the encoder is done)."""
+        self.pixels_ref = None
+        return self
+
+    async def with_pixels(self) -> PreparedImage:
+        """The record with its pixels fetched from the object store (read-only arrays, no copy)."""
+        if self.pixels_ref is None:
+            return self
+        return replace(self, pixels=await self.pixels_ref, pixels_ref=None)
 
 
 # numpy has no bfloat16, so bfloat16 embeddings cross the encoder -> decoder hop as their bits in int16: 2 bytes a

@@ -222,8 +222,9 @@ class OCRIngress:
         )
 
     def _stages(self, image_bytes: bytes, task: TaskRequest):
-        """Start the chain. The encoder gets the preprocessor's response by reference: pixels never
-        pass through the ingress."""
+        """Start the chain. The encoder gets the preprocessor's response by reference, and the pixels in it
+        are a reference of their own that only the encoder resolves: pixels never pass through the ingress.
+        Callers release the pixels (`release_pixels`, and drop the response) once they have read the prompt."""
         prepared_response = self.preprocessor.prepare.remote(image_bytes, task.instruction)
         embeddings_response = self.encoder.encode.remote(prepared_response)
         return prepared_response, embeddings_response
@@ -232,7 +233,8 @@ class OCRIngress:
         self, image_bytes: bytes, task: TaskRequest, sampling: SamplingOptions, request_id: str
     ) -> tuple[PreparedImage, DecodeResult]:
         prepared_response, embeddings_response = self._stages(image_bytes, task)
-        prepared = await prepared_response
+        prepared = (await prepared_response).release_pixels()
+        del prepared_response
         result = await self.decoder.generate.remote(prepared.prompt, embeddings_response, sampling, request_id)
         return prepared, result
 
@@ -342,12 +344,12 @@ class OCRIngress:
             numbers = list(range(1, len(images) + 1))
             prepared = [self.preprocessor.prepare.remote(image, task_request.instruction) for image in images]
         self.metrics.pages.inc(len(numbers))
-        outcomes = await first_error_cancels_rest(
-            [
-                self._page(number, response, task_request, sampling, f"{request_id}-{number}")
-                for number, response in zip(numbers, prepared)
-            ]
-        )
+        pages_running = [
+            self._page(number, response, task_request, sampling, f"{request_id}-{number}")
+            for number, response in zip(numbers, prepared)
+        ]
+        del prepared  # each page holds its own response, until its pixels are encoded
+        outcomes = await first_error_cancels_rest(pages_running)
         page_results = [outcome[0] for outcome in outcomes]
         token_ids = [outcome[1] for outcome in outcomes]
         usage = Usage(
@@ -389,7 +391,8 @@ class OCRIngress:
     ) -> tuple[PageResult, tuple[list[int], list[int]]]:
         """One page: encoder and decoder chained on the preprocessor's response."""
         embeddings_response = self.encoder.encode.remote(prepared_response)
-        prepared = await prepared_response
+        prepared = (await prepared_response).release_pixels()
+        del prepared_response
         result = await self.decoder.generate.remote(prepared.prompt, embeddings_response, sampling, request_id)
         structured = structure(task, result, prepared)
         page = PageResult(
@@ -505,7 +508,8 @@ class OCRIngress:
             deadline = time.monotonic() + self.config.limits.request_timeout_s
             # Preprocessing errors (bad image) surface here, before the 200 of the stream is sent.
             prepared_response, embeddings_response = self._stages(image_bytes, task_request)
-            prepared = await self.within_deadline(prepared_response)
+            prepared = (await self.within_deadline(prepared_response)).release_pixels()
+            del prepared_response
             chunks = self.decoder.options(stream=True).generate_stream.remote(
                 prepared.prompt, embeddings_response, sampling, request_id
             )

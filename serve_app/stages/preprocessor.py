@@ -131,14 +131,19 @@ class Preprocessor:
         return prepared
 
     async def prepare(self, image_bytes: bytes, instruction: str) -> PreparedImage:
-        # Decoding and resizing are CPU work: keep them off the replica's event loop.
-        return self._observed(await asyncio.to_thread(self.preparer.prepare, image_bytes, instruction))
+        # Decoding and resizing are CPU work: keep them off the replica's event loop. The caller (the ingress)
+        # reads the prompt and sizes; the pixels go by reference, for the encoder alone.
+        return self._observed(
+            await asyncio.to_thread(lambda: self.preparer.prepare(image_bytes, instruction).pixels_by_reference())
+        )
 
     async def pdf_page_count(self, pdf_bytes: bytes) -> int:
         return await asyncio.to_thread(pdf_page_count, pdf_bytes)
 
     async def prepare_pdf_page(self, pdf_bytes: bytes, page_number: int, instruction: str) -> PreparedImage:
-        return self._observed(await asyncio.to_thread(self._prepare_pdf_page, pdf_bytes, page_number, instruction))
+        return self._observed(
+            await asyncio.to_thread(lambda: self._prepare_pdf_page(pdf_bytes, page_number, instruction).pixels_by_reference())
+        )
 
     def _prepare_pdf_page(self, pdf_bytes: bytes, page_number: int, instruction: str) -> PreparedImage:
         started = time.perf_counter()
