@@ -94,10 +94,12 @@ def test_overload_smoke(served, images, tmp_path):
     out = tmp_path / "overload.json"
     report = _module("overload").main([
         "--url", f"{BASE_URL}{ROUTES['vllm']}", "--app", "vllm", "--images", str(images), "--limit", "2",
-        "--max-tokens", "4", "--multiplier", "2", "--duration", "3", "--capacity-concurrency", "2",
-        "--capacity-seconds", "3", "--memory-interval", "1", "--out", str(out),
+        "--max-tokens", "4", "--multiplier", "2", "--duration", "2", "--cycles", "2", "--idle", "1",
+        "--capacity-concurrency", "2", "--capacity-seconds", "3", "--memory-interval", "1", "--out", str(out),
     ])
     assert json.loads(out.read_text())["requests"] == report["requests"] > 0
+    assert abs(report["requests"] - 2 * report["offered_rps"] * 2) <= 2  # two bursts of 2 s
+    assert report["rss_mib_by_minute"][0]["minute"] == 0 and report["rss_mib_by_minute"][0]["Decoder"] > 0
     assert report["capacity_rps"] > 0 and report["offered_rps"] > 0
     assert set(report["statuses"]) <= {"200", "503"}, report["statuses"]  # served or shed, nothing else
     assert report["accepted_correct"] == report["accepted"] > 0
@@ -131,4 +133,21 @@ def test_stage_cpu_smoke(served, images, tmp_path):
     assert {"Preprocessor", "VisionEncoder", "Decoder", "Decoder children", "OCRIngress", "Ray proxy", "raylet"} <= set(groups)
     for stage in ("Preprocessor", "VisionEncoder", "Decoder children", "OCRIngress"):
         assert groups[stage]["ms_per_request"] > 0, stage  # each did work for every request
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_vs_rapidocr_smoke(served, tmp_path):
+    from tests.integration.conftest import LITE_ROUTE, SROIE_DIR
+
+    out = tmp_path / "vs_rapidocr.json"
+    report = _module("vs_rapidocr").main([
+        "--url", f"{BASE_URL}{LITE_ROUTE}", "--images", str(SROIE_DIR), "--limit", "2", "--concurrency", "1", "2",
+        "--requests-per-client", "1", "--rounds", "1", "--out", str(out),
+    ])
+    assert [row["concurrency"] for row in report["levels"]] == [1, 2]
+    for row in report["levels"]:
+        assert row["requests"] == 2
+        for key in ("graph_p50_ms", "rapidocr_p50_ms", "graph_rps", "rapidocr_rps", "p50_ratio", "throughput_ratio"):
+            assert row[key] > 0, key
+    assert json.loads(out.read_text())["levels"] == report["levels"]
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,213 @@
+"""The embedded default against its own library: the PP-OCR graph (configs/lite.yaml, what `make serve` runs
+without a GPU) vs `rapidocr.RapidOCR()` itself, on the same receipts, for one user and for a few.
+
+- graph: `POST /ocr` with the raw bytes to configs/lite.yaml's graph, served by Ray Serve from this process,
+  with `--threads N` onnxruntime threads per replica (the config's `model.num_threads`); one deployment per N.
+- rapidocr: `rapidocr.RapidOCR()` with its defaults (onnxruntime's own thread count), in this process, one
+  engine per client thread, on the same bytes.
+
+Concurrency 1: one request after the other (the person at the web UI); concurrency 4: four clients back to back.
+Rounds alternate (graph, rapidocr, then rapidocr, graph, ...: the speed of a shared 2-core machine drifts); per
+level and side: median latency (ms), requests/s; and the ratios graph / rapidocr.
+
+    python bench/vs_rapidocr.py                               # 10 receipts, threads 1 and 2, c=1 and 4, 2 rounds
+    python bench/vs_rapidocr.py --threads 2 --rounds 3 --concurrency 1 4
+    python bench/vs_rapidocr.py --url http://127.0.0.1:8000        # the graph `make serve` runs, as configured
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.lib import ROOT  # noqa: E402
+from bench.lib.images import DEFAULT_IMAGES, load_pages  # noqa: E402
+from bench.lib.plotting import pyplot_or_none, save_figure  # noqa: E402
+from bench.lib.results import RESULTS, write_json  # noqa: E402
+from bench.lib.service import deployed_graph, free_port, serve_instance  # noqa: E402
+
+
+def lite_config(threads: int):
+    from serve_app.config import OCRAppConfig
+
+    config = OCRAppConfig.from_serve_config(ROOT / "configs" / "lite.yaml")
+    return config.model_copy(update={"model": config.model.model_copy(update={"num_threads": threads})})
+
+
+def graph_level(url: str, pages: list[bytes], concurrency: int, requests: int) -> dict:
+    """`requests` POST /ocr calls from `concurrency` clients; latency of each, wall time of all."""
+    import httpx
+
+    async def run() -> tuple[list[float], float]:
+        latencies: list[float] = []
+        sent = 0
+        async with httpx.AsyncClient(timeout=300) as client:
+
+            async def one_client() -> None:
+                nonlocal sent
+                while sent < requests:
+                    page = pages[sent % len(pages)]
+                    sent += 1
+                    started = time.perf_counter()
+                    response = await client.post(f"{url}/ocr", content=page)
+                    if response.status_code != 200:
+                        raise SystemExit(f"graph answered {response.status_code}: {response.text[:300]}")
+                    latencies.append(time.perf_counter() - started)
+
+            started = time.perf_counter()
+            await asyncio.gather(*(one_client() for _ in range(concurrency)))
+            return latencies, time.perf_counter() - started
+
+    latencies, wall = asyncio.run(run())
+    return summarize(latencies, wall)
+
+
+class RapidOCRClients:
+    """rapidocr as its users call it: `RapidOCR()` with its defaults, one engine per client thread."""
+
+    def __init__(self, concurrency: int):
+        from rapidocr import RapidOCR
+
+        self.engines = [RapidOCR() for _ in range(concurrency)]
+
+    def level(self, pages: list[bytes], concurrency: int, requests: int) -> dict:
+        latencies: list[float] = []
+        lock = threading.Lock()
+        sent = 0
+
+        def one_client(engine) -> None:
+            nonlocal sent
+            while True:
+                with lock:
+                    if sent >= requests:
+                        return
+                    page = pages[sent % len(pages)]
+                    sent += 1
+                started = time.perf_counter()
+                result = engine(page)
+                if result is None:
+                    raise SystemExit("rapidocr returned nothing")
+                latencies.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(one_client, self.engines[:concurrency]))
+        return summarize(latencies, time.perf_counter() - started)
+
+
+def summarize(latencies: list[float], wall: float) -> dict:
+    return {
+        "requests": len(latencies),
+        "p50_ms": round(statistics.median(latencies) * 1000, 1),
+        "mean_ms": round(statistics.fmean(latencies) * 1000, 1),
+        "requests_per_s": round(len(latencies) / wall, 3),
+    }
+
+
+def median_of(rounds: list[dict], key: str) -> float:
+    return statistics.median(row[key] for row in rounds)
+
+
+def measure(args, pages: list[bytes]) -> dict:
+    rapid = RapidOCRClients(max(args.concurrency))
+    rapid.level(pages[:1], 1, 1)  # onnxruntime's first run allocates
+    rows: list[dict] = []
+    if args.url:  # a graph that is already running: as it is configured
+        rows += compare(args, args.url, None, pages, rapid)
+        return {"pages": len(pages), "rounds": args.rounds, "levels": rows}
+    with serve_instance(free_port()) as url:
+        for threads in args.threads:
+            with deployed_graph(lite_config(threads)):
+                rows += compare(args, url, threads, pages, rapid)
+    return {"pages": len(pages), "rounds": args.rounds, "levels": rows}
+
+
+def compare(args, url: str, threads: int | None, pages: list[bytes], rapid: RapidOCRClients) -> list[dict]:
+    graph_level(url, pages[:1], 1, 1)  # first request: connections, onnxruntime's first run
+    rows = []
+    for concurrency in args.concurrency:
+        requests = max(len(pages), args.requests_per_client * concurrency)
+        graph_rounds, rapid_rounds = [], []
+        for round_index in range(args.rounds):
+            order = ("graph", "rapidocr") if round_index % 2 == 0 else ("rapidocr", "graph")
+            for side in order:
+                if side == "graph":
+                    graph_rounds.append(graph_level(url, pages, concurrency, requests))
+                else:
+                    rapid_rounds.append(rapid.level(pages, concurrency, requests))
+        row = {
+            "threads": threads,
+            "concurrency": concurrency,
+            "requests": requests,
+            "graph_p50_ms": median_of(graph_rounds, "p50_ms"),
+            "rapidocr_p50_ms": median_of(rapid_rounds, "p50_ms"),
+            "graph_rps": median_of(graph_rounds, "requests_per_s"),
+            "rapidocr_rps": median_of(rapid_rounds, "requests_per_s"),
+            "graph_rounds": graph_rounds,
+            "rapidocr_rounds": rapid_rounds,
+        }
+        row["p50_ratio"] = round(row["graph_p50_ms"] / row["rapidocr_p50_ms"], 2)
+        row["throughput_ratio"] = round(row["graph_rps"] / row["rapidocr_rps"], 2)
+        rows.append(row)
+        print(format_row(row), flush=True)
+    return rows
+
+
+def format_row(row: dict) -> str:
+    return (
+        f"threads {row['threads'] or 'as served'}  c={row['concurrency']:<2}  p50 graph {row['graph_p50_ms']:8.1f} ms  "
+        f"rapidocr {row['rapidocr_p50_ms']:8.1f} ms  ratio {row['p50_ratio']:.2f}  |  req/s graph {row['graph_rps']:.2f}  "
+        f"rapidocr {row['rapidocr_rps']:.2f}  ratio {row['throughput_ratio']:.2f}"
+    )
+
+
+def plot(report: dict, path: Path) -> Path | None:
+    plt = pyplot_or_none()
+    if plt is None:
+        return None
+    figure, (latency, throughput) = plt.subplots(1, 2, figsize=(10, 4))
+    rows = report["levels"]
+    labels = [f"t{row['threads'] or '?'} c{row['concurrency']}" for row in rows]
+    positions = range(len(rows))
+    latency.bar([p - 0.2 for p in positions], [row["graph_p50_ms"] for row in rows], 0.4, label="graph")
+    latency.bar([p + 0.2 for p in positions], [row["rapidocr_p50_ms"] for row in rows], 0.4, label="rapidocr")
+    throughput.bar([p - 0.2 for p in positions], [row["graph_rps"] for row in rows], 0.4, label="graph")
+    throughput.bar([p + 0.2 for p in positions], [row["rapidocr_rps"] for row in rows], 0.4, label="rapidocr")
+    for axis, title in ((latency, "p50 latency (ms)"), (throughput, "requests/s")):
+        axis.set_xticks(list(positions), labels)
+        axis.set_title(title)
+        axis.legend()
+    figure.suptitle("PP-OCR graph (threads per replica, concurrency) vs rapidocr.RapidOCR()")
+    return save_figure(figure, path)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", default=None, help="a running PP-OCR graph instead of deploying one per --threads")
+    parser.add_argument("--images", default=str(DEFAULT_IMAGES), help="folder of page images")
+    parser.add_argument("--limit", type=int, default=10, help="pages used")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="model.num_threads values of the graph")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--requests-per-client", type=int, default=5, help="at least the pages, each level")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--out", default=str(RESULTS / "vs_rapidocr.json"))
+    args = parser.parse_args(argv)
+    pages, origin = load_pages(Path(args.images), args.limit)
+    report = {"images": origin, **measure(args, pages)}
+    out = Path(args.out)
+    report["plot"] = str(plot(report, out.with_suffix(".png")))
+    write_json(report, out)
+    print(f"saved {out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
