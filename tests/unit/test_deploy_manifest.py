@@ -43,7 +43,10 @@ def containers(document: dict) -> list[dict]:
 
 def test_placement_defaults_leave_the_actor_options_as_before():
     options = StageConfig().deployment_options(10.0)
-    assert options["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 0.0}
+    # No resources and no label_selector: any node. (The runtime_env is the stages' malloc bound.)
+    assert options["ray_actor_options"] == {
+        "num_cpus": 1.0, "num_gpus": 0.0, "runtime_env": {"env_vars": StageConfig().process_env()}
+    }
 
 
 def test_placement_goes_into_ray_actor_options():
