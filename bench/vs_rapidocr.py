@@ -32,6 +32,7 @@ from bench.lib import ROOT  # noqa: E402
 from bench.lib.images import DEFAULT_IMAGES, load_pages  # noqa: E402
 from bench.lib.plotting import pyplot_or_none, save_figure  # noqa: E402
 from bench.lib.results import RESULTS, write_json  # noqa: E402
+from bench.lib.rounds import interleaved_rounds  # noqa: E402
 from bench.lib.service import deployed_graph, free_port, serve_instance  # noqa: E402
 
 
@@ -135,14 +136,14 @@ def compare(args, url: str, threads: int | None, pages: list[bytes], rapid: Rapi
     rows = []
     for concurrency in args.concurrency:
         requests = max(len(pages), args.requests_per_client * concurrency)
-        graph_rounds, rapid_rounds = [], []
-        for round_index in range(args.rounds):
-            order = ("graph", "rapidocr") if round_index % 2 == 0 else ("rapidocr", "graph")
-            for side in order:
-                if side == "graph":
-                    graph_rounds.append(graph_level(url, pages, concurrency, requests))
-                else:
-                    rapid_rounds.append(rapid.level(pages, concurrency, requests))
+        measured = interleaved_rounds(
+            {
+                "graph": lambda: graph_level(url, pages, concurrency, requests),
+                "rapidocr": lambda: rapid.level(pages, concurrency, requests),
+            },
+            args.rounds,
+        )
+        graph_rounds, rapid_rounds = measured["graph"], measured["rapidocr"]
         row = {
             "threads": threads,
             "concurrency": concurrency,

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import statistics
@@ -43,6 +44,7 @@ from bench.lib.http_load import load_documents  # noqa: E402
 from bench.lib.images import DEFAULT_IMAGES  # noqa: E402
 from bench.lib.plotting import pyplot_or_none, save_figure  # noqa: E402
 from bench.lib.results import RESULTS, write_json  # noqa: E402
+from bench.lib.rounds import interleaved_rounds  # noqa: E402
 from bench.lib.service import deployed_graph, free_port, serve_instance  # noqa: E402
 from bench.lib.stats import percentile  # noqa: E402
 
@@ -132,6 +134,10 @@ async def closed_loop(url: str, bodies: list[dict], concurrency: int, requests: 
     }
 
 
+def run_level(url: str, bodies: list[dict], concurrency: int, requests: int) -> dict:
+    return asyncio.run(closed_loop(url, bodies, concurrency, requests))
+
+
 def measure(args, config, model_path: str) -> list[dict]:
     from serve_app.profiles import TEXT_ZH
 
@@ -158,14 +164,14 @@ def measure(args, config, model_path: str) -> list[dict]:
 
 def compare(args, urls: dict[str, str], bodies: dict[str, list[dict]], images: int) -> list[dict]:
     for side in ("graph", "vllm"):  # warm-up: connections, first batch
-        asyncio.run(closed_loop(urls[side], bodies[side], 1, 1))
+        run_level(urls[side], bodies[side], 1, 1)
     rows = []
     for concurrency in args.concurrency:
         requests = max(images, args.requests_per_client * concurrency)
-        rounds: dict[str, list[dict]] = {"graph": [], "vllm": []}
-        for index in range(args.rounds):
-            for side in ("graph", "vllm") if index % 2 == 0 else ("vllm", "graph"):
-                rounds[side].append(asyncio.run(closed_loop(urls[side], bodies[side], concurrency, requests)))
+        rounds = interleaved_rounds(
+            {side: functools.partial(run_level, urls[side], bodies[side], concurrency, requests) for side in ("graph", "vllm")},
+            args.rounds,
+        )
         rows.append(summarize(concurrency, requests, rounds))
         print(format_row(rows[-1]), flush=True)
     return rows
