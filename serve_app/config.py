@@ -248,8 +248,8 @@ class StageConfig(_Strict):
             # Used when Ray's proxy itself sheds a request for this stage (the ingress): 503 + Retry-After.
             "backpressure_config": BackpressureConfig(status_code=503, retry_after_s=self.retry_after_s),
         }
-        if self.process_env():
-            options["ray_actor_options"]["runtime_env"] = {"env_vars": self.process_env()}
+        if env := self.process_env():
+            options["ray_actor_options"]["runtime_env"] = {"env_vars": env}
         if self.resources:
             options["ray_actor_options"]["resources"] = dict(self.resources)
         if self.label_selector:
