@@ -4,8 +4,9 @@ Both serve `/v1/chat/completions` and are driven by the same closed-loop client,
 same instruction (the text task's official prompt) and the same decoding (the model profile's temperature,
 top_p, top_k and repetition penalty, `--max-tokens` each):
 
-- graph: the serve config's graph (default configs/cpu.yaml on CPU, serve_config.yaml with CUDA), served by
-  Ray Serve from this process;
+- split, in_decoder: the serve config's graph (default configs/cpu.yaml on CPU, serve_config.yaml with CUDA) with
+  each `encoder.placement` (`--placement`, default both): the vision tower in a VisionEncoder stage of its own,
+  or inside the decoder's vLLM engine. Both are served by Ray Serve from this process, side by side;
 - vllm: `python -m vllm.entrypoints.openai.api_server` on the same checkpoint with the config's engine args
   (dtype, max_model_len, max_num_seqs, KV cache bytes, enforce_eager), the official flags
   (`--no-enable-prefix-caching --mm-processor-cache-gb 0`), one image per prompt and the config's pixel
@@ -13,18 +14,20 @@ top_p, top_k and repetition penalty, `--max-tokens` each):
   (`--model-class-overrides`, the stock class crashes in the patch merger there: see split_vs_fused.py),
   with `--stock` it runs HunYuanVL as vLLM ships it (a GPU).
 
-The mean prompt tokens of the two must match (the same prompt reached both models), or the script stops.
-Rounds alternate (graph, vllm, then vllm, graph, ...); per concurrency: output tok/s, p50 latency, both
-sides' medians, and the ratios graph / vllm.
+The mean prompt tokens of all sides must match (the same prompt reached every model), or the script stops.
+Rounds alternate (split, in_decoder, vllm, then the reverse, ...); per concurrency: output tok/s, p50 latency,
+each side's medians, and each placement's ratios to vllm.
 
     python bench/vs_vllm.py                                          # tiny checkpoint, c=1 16 32, 2 rounds
     python bench/vs_vllm.py --source tencent/HunyuanOCR --serve-config serve_config.yaml --stock   # a GPU
+    python bench/vs_vllm.py --graph-url split=http://127.0.0.1:8000   # a graph already running
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import json
 import os
@@ -93,6 +96,16 @@ def start_vllm(command: list[str], log: Path, timeout_s: float) -> subprocess.Po
     raise SystemExit(f"vLLM's server not healthy within {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
 
 
+def placement_config(config, placement: str):
+    """`config` with the vision tower in `placement`. On a GPU, in_decoder gives the decoder the encoder's share too
+    (one process holds both; the serve config's gpu plan still checks it fits)."""
+    updates = {"encoder": config.encoder.model_copy(update={"placement": placement})}
+    if placement == "in_decoder" and config.model.device == "cuda":
+        share = config.decoder.num_gpus + config.encoder.num_gpus
+        updates["decoder"] = config.decoder.model_copy(update={"num_gpus": round(min(1.0, share), 4)})
+    return config.model_copy(update=updates)
+
+
 def chat_body(model: str, data_url: str, instruction: str, decoding, max_tokens: int, with_system: bool) -> dict:
     user = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url}},
                                         {"type": "text", "text": instruction}]}
@@ -142,10 +155,15 @@ def measure(args, config, model_path: str) -> list[dict]:
     from serve_app.profiles import TEXT_ZH
 
     documents = [doc for doc in load_documents(Path(args.images), args.limit) if doc.is_image]
-    names = {"graph": config.model.served_model_name, "vllm": "vllm"}
+    running = dict(item.split("=", 1) for item in args.graph_url or [])  # placement -> URL of a running graph
+    placements = list(running) or args.placement
     bodies = {
-        side: [chat_body(name, doc.data_url, TEXT_ZH, config.decoding, args.max_tokens, side == "vllm") for doc in documents]
-        for side, name in names.items()
+        side: [
+            chat_body(config.model.served_model_name if side != "vllm" else "vllm", doc.data_url, TEXT_ZH,
+                      config.decoding, args.max_tokens, side == "vllm")
+            for doc in documents
+        ]
+        for side in [*placements, "vllm"]
     }
     port = free_port()
     log = Path(args.out).with_suffix(".vllm.log")
@@ -153,23 +171,26 @@ def measure(args, config, model_path: str) -> list[dict]:
     server = start_vllm(vllm_command(config, model_path, port, args.stock), log, args.start_timeout)
     urls = {"vllm": f"http://127.0.0.1:{port}"}
     try:
-        if args.graph_url:  # a graph that is already running, on this config and checkpoint
-            return compare(args, {**urls, "graph": args.graph_url.rstrip("/")}, bodies, len(documents))
-        with serve_instance(free_port()) as graph_url, deployed_graph(config):
-            return compare(args, {**urls, "graph": graph_url}, bodies, len(documents))
+        if running:  # graphs already running, on this config and checkpoint
+            return compare(args, {**{side: url.rstrip("/") for side, url in running.items()}, **urls}, bodies, len(documents))
+        with serve_instance(free_port()) as base_url, contextlib.ExitStack() as graphs:
+            for placement in placements:
+                graphs.enter_context(deployed_graph(placement_config(config, placement), placement, f"/{placement}"))
+            graph_urls = {placement: f"{base_url}/{placement}" for placement in placements}
+            return compare(args, {**graph_urls, **urls}, bodies, len(documents))
     finally:
         server.terminate()
         server.wait(60)
 
 
 def compare(args, urls: dict[str, str], bodies: dict[str, list[dict]], images: int) -> list[dict]:
-    for side in ("graph", "vllm"):  # warm-up: connections, first batch
+    for side in urls:  # warm-up: connections, first batch
         run_level(urls[side], bodies[side], 1, 1)
     rows = []
     for concurrency in args.concurrency:
         requests = max(images, args.requests_per_client * concurrency)
         rounds = interleaved_rounds(
-            {side: functools.partial(run_level, urls[side], bodies[side], concurrency, requests) for side in ("graph", "vllm")},
+            {side: functools.partial(run_level, urls[side], bodies[side], concurrency, requests) for side in urls},
             args.rounds,
         )
         rows.append(summarize(concurrency, requests, rounds))
@@ -179,23 +200,31 @@ def compare(args, urls: dict[str, str], bodies: dict[str, list[dict]], images: i
 
 def summarize(concurrency: int, requests: int, rounds: dict[str, list[dict]]) -> dict:
     prompts = {side: statistics.fmean(r["mean_prompt_tokens"] for r in rounds[side]) for side in rounds}
-    if abs(prompts["graph"] - prompts["vllm"]) > 0.5:
-        raise SystemExit(f"different prompts reached the two models: mean prompt tokens {prompts}")
-    row = {"concurrency": concurrency, "requests": requests, "mean_prompt_tokens": round(prompts["graph"], 1)}
-    for side in ("graph", "vllm"):
+    if max(prompts.values()) - min(prompts.values()) > 0.5:
+        raise SystemExit(f"different prompts reached the models: mean prompt tokens {prompts}")
+    placements = [side for side in rounds if side != "vllm"]
+    row: dict = {"concurrency": concurrency, "requests": requests, "mean_prompt_tokens": round(prompts["vllm"], 1)}
+    row["placements"] = placements
+    for side in rounds:
         row[f"{side}_output_tokens_per_s"] = statistics.median(r["output_tokens_per_s"] for r in rounds[side])
         row[f"{side}_p50_ms"] = statistics.median(r["p50_ms"] for r in rounds[side])
         row[f"{side}_rounds"] = rounds[side]
-    row["throughput_ratio"] = round(row["graph_output_tokens_per_s"] / row["vllm_output_tokens_per_s"], 2)
-    row["p50_ratio"] = round(row["graph_p50_ms"] / row["vllm_p50_ms"], 2)
+    for side in placements:
+        row[f"{side}_throughput_ratio"] = round(row[f"{side}_output_tokens_per_s"] / row["vllm_output_tokens_per_s"], 2)
+        row[f"{side}_p50_ratio"] = round(row[f"{side}_p50_ms"] / row["vllm_p50_ms"], 2)
     return row
 
 
 def format_row(row: dict) -> str:
+    sides = [*row["placements"], "vllm"]
+    throughput = "  ".join(f"{side} {row[f'{side}_output_tokens_per_s']:.1f}" for side in sides)
+    latency = "  ".join(f"{side} {row[f'{side}_p50_ms']:.1f}" for side in sides)
+    ratios = "  ".join(
+        f"{side}/vllm {row[f'{side}_throughput_ratio']:.2f} tok/s, {row[f'{side}_p50_ratio']:.2f} p50"
+        for side in row["placements"]
+    )
     return (
-        f"c={row['concurrency']:<3} output tok/s graph {row['graph_output_tokens_per_s']:8.1f}  vllm "
-        f"{row['vllm_output_tokens_per_s']:8.1f}  ratio {row['throughput_ratio']:.2f}  |  p50 graph "
-        f"{row['graph_p50_ms']:8.1f} ms  vllm {row['vllm_p50_ms']:8.1f} ms  ratio {row['p50_ratio']:.2f}  "
+        f"c={row['concurrency']:<3} output tok/s: {throughput}  |  p50 ms: {latency}  |  {ratios}  "
         f"(prompt {row['mean_prompt_tokens']} tokens)"
     )
 
@@ -207,7 +236,7 @@ def plot(report: dict, path: Path) -> Path | None:
     rows = report["levels"]
     figure, (throughput, latency) = plt.subplots(1, 2, figsize=(10, 4))
     levels = [row["concurrency"] for row in rows]
-    for side in ("graph", "vllm"):
+    for side in [*rows[0]["placements"], "vllm"]:
         throughput.plot(levels, [row[f"{side}_output_tokens_per_s"] for row in rows], marker="o", label=side)
         latency.plot(levels, [row[f"{side}_p50_ms"] for row in rows], marker="o", label=side)
     throughput.set_title("output tokens/s")
@@ -215,7 +244,7 @@ def plot(report: dict, path: Path) -> Path | None:
     for axis in (throughput, latency):
         axis.set_xlabel("concurrency")
         axis.legend()
-    figure.suptitle(f"the graph vs vLLM's OpenAI server ({report['max_tokens']} output tokens)")
+    figure.suptitle(f"the graph's placements vs vLLM's OpenAI server ({report['max_tokens']} output tokens)")
     return save_figure(figure, path)
 
 
@@ -223,7 +252,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--serve-config", default=None, help="default: serve_config.yaml with CUDA, else configs/cpu.yaml")
     parser.add_argument("--source", default=None, help="model source instead of the config's")
-    parser.add_argument("--graph-url", default=None, help="a running graph of this config instead of deploying one")
+    parser.add_argument("--placement", nargs="+", choices=["split", "in_decoder"], default=["split", "in_decoder"],
+                        help="the graph's encoder.placement(s) to deploy and measure")
+    parser.add_argument("--graph-url", action="append", metavar="PLACEMENT=URL",
+                        help="a running graph of this config and placement instead of deploying one (repeatable)")
     parser.add_argument("--images", default=str(DEFAULT_IMAGES))
     parser.add_argument("--limit", type=int, default=10)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 32])

@@ -90,7 +90,9 @@ def build_graph(config: OCRAppConfig, engine_class: type[DecoderEngine] | None =
     # Stopping replicas drain for as long as a request may take.
     drain_s = config.limits.request_timeout_s
     preprocessor = Preprocessor.options(name="Preprocessor", **config.preprocessor.deployment_options(drain_s)).bind(config)
-    encoder = VisionEncoder.options(name="VisionEncoder", **config.encoder.deployment_options(drain_s)).bind(config)
+    encoder = None  # in_decoder: vLLM runs the vision tower in the Decoder's engine, no deployment of its own
+    if config.encoder.placement == "split":
+        encoder = VisionEncoder.options(name="VisionEncoder", **config.encoder.deployment_options(drain_s)).bind(config)
     decoder = Decoder.options(name="Decoder", **config.decoder.deployment_options(drain_s)).bind(config, engine_class)
     return OCRIngress.options(name="OCRIngress", **config.ingress.deployment_options(drain_s)).bind(
         config, preprocessor, encoder, decoder

@@ -272,6 +272,13 @@ class PreprocessorConfig(StageConfig):
 
 
 class EncoderConfig(StageConfig):
+    placement: Literal["split", "in_decoder"] = Field(
+        "split", description="'split': the vision tower runs in VisionEncoder replicas of its own, which batch "
+        "images across requests and scale apart from the decoder; the decoder gets embeddings. 'in_decoder': no "
+        "VisionEncoder deployment; vLLM runs the tower inside the decoder's engine on the Preprocessor's 8-bit "
+        "patches (as `vllm serve` does, without redoing the resize), one process on one GPU share. Same results; "
+        "bench/vs_vllm.py measures which is faster where. The encoder's other fields apply to 'split' only."
+    )
     max_batch_size: int = Field(8, ge=1, description="Most images per vision tower call.")
     max_batch_patches: int | None = Field(
         None, ge=1, description="Most 16x16 patches per vision tower call (the images' sizes added up), so that a "
@@ -404,6 +411,15 @@ class OCRAppConfig(_Strict):
             data.get("repetition_guard"), {"cleanup_min_chars": profile.cleanup_min_chars}
         )
         return data
+
+    @model_validator(mode="after")
+    def _placement_supported(self) -> OCRAppConfig:
+        if self.encoder.placement == "in_decoder" and (self.model.family != "hunyuan_vl" or self.decoder.engine != "vllm"):
+            raise ValueError(
+                "encoder.placement 'in_decoder' needs model.family 'hunyuan_vl' and decoder.engine 'vllm' (vLLM runs "
+                "the vision tower); use 'split'"
+            )
+        return self
 
     @classmethod
     def from_serve_config(cls, path: str | Path, app_name: str | None = None) -> OCRAppConfig:

@@ -45,6 +45,9 @@ DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 VLLM_DEFAULT_UTILIZATION = 0.92
 VLLM_DEFAULT_BLOCK_SIZE = 16
 VLLM_DEFAULT_MAX_NUM_SEQS = 256
+# encoder.placement in_decoder: the most image tokens vLLM's scheduler encodes in one step (its encoder budget is
+# max(max_num_batched_tokens, one image's tokens)); vLLM's default max_num_batched_tokens for serving on such GPUs.
+VLLM_DEFAULT_MAX_NUM_BATCHED_TOKENS = 8192
 RECEIPT_OUTPUT_TOKENS = (300, 600, 1000, 2048)  # SROIE receipts: 28-93 lines, 340-820 characters -> ~300 tokens
 
 
@@ -198,6 +201,10 @@ class GpuPlan(_Frozen):
     decoder_num_gpus: float
     decoder_replicas: int
     vllm_process_bytes: int
+    # encoder.placement in_decoder: the tower's weights and its activations for vLLM's largest encoder step, in vLLM
+    encoder_placement: str = "split"
+    vllm_vision_pages: int = 0
+    vllm_vision_bytes: int = 0
     # encoder
     max_pixels: int
     page_side: int
@@ -254,10 +261,11 @@ class GpuPlan(_Frozen):
                 "last replicas would never be placed on one GPU"
             )
         if self.vllm_process_bytes > self.decoder_share_bytes:
+            vision = f" + vision tower {gib(self.vllm_vision_bytes)}" if self.vllm_vision_bytes else ""
             found.append(
                 f"decoder: vLLM needs {gib(self.vllm_process_bytes)} (context {gib(self.assumptions.vllm_context_bytes)} "
                 f"+ weights {gib(self.decoder_weights_bytes)} + reserve {gib(self.assumptions.vllm_reserve_bytes)} + KV "
-                f"{gib(self.kv_cache_memory_bytes)}) > its share num_gpus {self.decoder_num_gpus:g} x "
+                f"{gib(self.kv_cache_memory_bytes)}{vision}) > its share num_gpus {self.decoder_num_gpus:g} x "
                 f"{gib(self.card_bytes)} = {gib(self.decoder_share_bytes)}"
             )
         if self.vllm_budget_bytes > self.vllm_startup_free_bytes:
@@ -272,7 +280,7 @@ class GpuPlan(_Frozen):
                 f"max_model_len sequence of {self.max_model_len:,} tokens ({gib(self.max_model_len * self.kv_bytes_per_token)}): "
                 "vLLM refuses to start"
             )
-        if self.encoder_replica_bytes > self.encoder_share_bytes:
+        if self.encoder_replicas and self.encoder_replica_bytes > self.encoder_share_bytes:
             found.append(
                 f"encoder: a replica needs {gib(self.encoder_replica_bytes)} (context "
                 f"{gib(self.assumptions.encoder_context_bytes)} + weights {gib(self.encoder_weights_bytes)} + activations "
@@ -323,13 +331,6 @@ def gpu_plan(
     kv_per_block = kv_per_token * block
     # vLLM's own rounding: requested = ceil(total x utilization) (vllm/v1/worker/utils.py, request_memory).
     vllm_budget = math.ceil(card_bytes * utilization)
-    kv_room = vllm_budget - decoder_weights - assumptions.vllm_reserve_bytes
-    derived_kv = max(0, kv_room // kv_per_block) * kv_per_block
-    configured_kv = engine_args.get("kv_cache_memory_bytes")
-    kv_bytes = int(configured_kv) if configured_kv is not None else derived_kv
-    kv_blocks = kv_bytes // kv_per_block
-    vllm_process = assumptions.vllm_context_bytes + decoder_weights + assumptions.vllm_reserve_bytes + kv_bytes
-
     # The largest page: a square at max_pixels (smart_resize keeps multiples of 32), patches bounded by
     # max_pixels / patch^2 for any aspect ratio.
     max_pixels = config.model.max_pixels
@@ -337,6 +338,22 @@ def gpu_plan(
     side = math.isqrt(max_pixels) // factor * factor
     page_tokens = (side // factor) * (side // factor + 1) + 2
     page_patches = max_pixels // dims.patch**2
+
+    # in_decoder: the tower lives in vLLM's process, with activations for the pages of its largest encoder step.
+    in_decoder = getattr(config.encoder, "placement", "split") == "in_decoder"
+    vision_pages = vision_bytes = 0
+    if in_decoder:
+        step_tokens = max(int(engine_args.get("max_num_batched_tokens") or VLLM_DEFAULT_MAX_NUM_BATCHED_TOKENS), page_tokens)
+        vision_pages = max(1, step_tokens // page_tokens)
+        vision_bytes = encoder_weights + dims.vision_activation_bytes(vision_pages * page_patches, width)
+    kv_room = vllm_budget - decoder_weights - vision_bytes - assumptions.vllm_reserve_bytes
+    derived_kv = max(0, kv_room // kv_per_block) * kv_per_block
+    configured_kv = engine_args.get("kv_cache_memory_bytes")
+    kv_bytes = int(configured_kv) if configured_kv is not None else derived_kv
+    kv_blocks = kv_bytes // kv_per_block
+    vllm_process = (
+        assumptions.vllm_context_bytes + decoder_weights + vision_bytes + assumptions.vllm_reserve_bytes + kv_bytes
+    )
     batch_size = config.encoder.max_batch_size
     max_batch_patches = getattr(config.encoder, "max_batch_patches", None)
     batch_patches = batch_size * page_patches
@@ -350,8 +367,11 @@ def gpu_plan(
         "preprocessor": config.preprocessor, "encoder": config.encoder,
         "decoder": config.decoder, "ingress": config.ingress,
     }
+    if in_decoder:  # no VisionEncoder deployment
+        del stages["encoder"]
     fractions = {name: stage.num_gpus * _replicas_per_card(stage, cards) for name, stage in stages.items()}
-    encoder_replicas, decoder_replicas = _replicas_per_card(config.encoder, cards), _replicas_per_card(config.decoder, cards)
+    encoder_replicas = 0 if in_decoder else _replicas_per_card(config.encoder, cards)
+    decoder_replicas = _replicas_per_card(config.decoder, cards)
     total = assumptions.display_bytes + decoder_replicas * vllm_process + encoder_replicas * encoder_replica
 
     def in_flight(label: str, image_tokens: int, output: int) -> PagesInFlight:
@@ -380,8 +400,9 @@ def gpu_plan(
         encoder_max_batch_size=batch_size,
         encoder_max_batch_patches=int(max_batch_patches) if max_batch_patches is not None else None,
         encoder_batch_patches=batch_patches, activation_per_page_bytes=act_page, activation_per_batch_bytes=act_batch,
-        encoder_replica_bytes=encoder_replica, encoder_num_gpus=config.encoder.num_gpus,
-        encoder_replicas=encoder_replicas, ray_gpu_fractions=fractions, total_bytes=total, in_flight=rows,
+        encoder_replica_bytes=encoder_replica, encoder_num_gpus=0.0 if in_decoder else config.encoder.num_gpus,
+        encoder_replicas=encoder_replicas, encoder_placement="in_decoder" if in_decoder else "split",
+        vllm_vision_pages=vision_pages, vllm_vision_bytes=vision_bytes, ray_gpu_fractions=fractions, total_bytes=total, in_flight=rows,
     )
 
 
@@ -411,7 +432,8 @@ def format_plan(plan: GpuPlan, source: str = "") -> str:
         row("parameters", f"language model {plan.language_model_parameters / 1e9:.3f} B + vision tower and adapter "
             f"{plan.vision_parameters / 1e9:.3f} B"),
         row("decoder weights (LM only)", f"{g(plan.decoder_weights_bytes)}"),
-        row("encoder weights (tower + adapter)", f"{g(plan.encoder_weights_bytes)} per replica"),
+        row("encoder weights (tower + adapter)", f"{g(plan.encoder_weights_bytes)} per replica"
+            + (" (in vLLM: encoder.placement in_decoder)" if plan.vllm_vision_bytes else "")),
         row("KV cache per token", f"{plan.kv_bytes_per_token / 1024:6.0f} KiB (2 x {d.text_layers} layers x "
             f"{d.text_kv_heads} KV heads x {d.head_dim} x {plan.dtype_bytes} B); blocks of {plan.block_size}"),
         row("KV cache", f"{g(plan.kv_cache_memory_bytes)} = {plan.kv_cache_memory_bytes:,} B ({kv_source}): "
@@ -420,14 +442,17 @@ def format_plan(plan: GpuPlan, source: str = "") -> str:
             f"{a.vllm_reserve_bytes / GIB:g} GiB reserve + KV {plan.derived_kv_cache_memory_bytes / GIB:.2f} GiB "
             f"(derived kv_cache_memory_bytes {plan.derived_kv_cache_memory_bytes:,})"),
         row("vLLM process", f"{g(plan.vllm_process_bytes)} = {a.vllm_context_bytes / GIB:g} GiB CUDA context + weights "
-            f"+ reserve + KV; share {plan.decoder_num_gpus:g} = {g(plan.decoder_share_bytes).strip()}"),
+            + (f"+ vision tower {plan.vllm_vision_bytes / GIB:.2f} GiB (weights + activations of {plan.vllm_vision_pages} "
+               "page(s), its largest encoder step) " if plan.vllm_vision_bytes else "")
+            + f"+ reserve + KV; share {plan.decoder_num_gpus:g} = {g(plan.decoder_share_bytes).strip()}"),
         row("vision activations at max_pixels", f"{g(plan.activation_per_page_bytes)} per page "
             f"({plan.patches_per_page:,} patches, {plan.image_tokens_per_page:,} image tokens at "
             f"{plan.page_side}x{plan.page_side}); {g(plan.activation_per_batch_bytes).strip()} per batch "
             f"({plan.encoder_batch_patches:,} patches: max_batch_size {plan.encoder_max_batch_size}, "
             f"max_batch_patches {plan.encoder_max_batch_patches})"),
         row("encoder replica", f"{g(plan.encoder_replica_bytes)} = {a.encoder_context_bytes / GIB:g} GiB CUDA context "
-            f"+ weights + batch activations; share {plan.encoder_num_gpus:g} = {g(plan.encoder_share_bytes).strip()}"),
+            f"+ weights + batch activations; share {plan.encoder_num_gpus:g} = {g(plan.encoder_share_bytes).strip()}")
+        if plan.encoder_replicas else row("encoder replica", "none: encoder.placement in_decoder"),
         row("total" + (f" per card ({plan.cards} cards)" if plan.cards > 1 else ""), f"{g(plan.total_bytes)} = "
             f"{plan.decoder_replicas} vLLM + {plan.encoder_replicas} encoder replica(s) + {a.display_bytes / GIB:g} GiB "
             "display headroom"),

@@ -87,10 +87,18 @@ class PreparedImage:
         return self
 
     async def with_pixels(self) -> PreparedImage:
-        """The record with its pixels fetched from the object store (read-only arrays, no copy)."""
+        """The record with its pixels fetched from the object store (read-only arrays, no copy), by the stage that
+        runs the vision tower. Pixels lost meanwhile are a retriable ServiceUnavailableError (503)."""
         if self.pixels_ref is None:
             return self
-        return replace(self, pixels=await self.pixels_ref, pixels_ref=None)
+        from ray.exceptions import ObjectLostError
+
+        from serve_app.errors import ServiceUnavailableError
+
+        try:
+            return replace(self, pixels=await self.pixels_ref, pixels_ref=None)
+        except ObjectLostError as error:  # their owner, a preprocessor replica, stopped before they were read
+            raise ServiceUnavailableError("The page's prepared pixels were lost (a stage restarted); retry.") from error
 
 
 # numpy has no bfloat16, so bfloat16 embeddings cross the encoder -> decoder hop as their bits in int16: 2 bytes a

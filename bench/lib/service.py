@@ -26,15 +26,15 @@ def serve_instance(port: int):
 
 
 @contextmanager
-def deployed_graph(config, name: str = "ocr"):
-    """The graph of `config` as application `name` at / (serve.run returns once every replica is healthy);
-    yields the seconds that took; the application is deleted on leaving."""
+def deployed_graph(config, name: str = "ocr", route_prefix: str = "/"):
+    """The graph of `config` as application `name` at `route_prefix` (serve.run returns once every replica is
+    healthy); yields the seconds that took; the application is deleted on leaving."""
     from ray import serve
 
     from serve_app.app import build_graph
 
     started = time.perf_counter()
-    serve.run(build_graph(config), name=name, route_prefix="/")
+    serve.run(build_graph(config), name=name, route_prefix=route_prefix)
     try:
         yield time.perf_counter() - started
     finally:

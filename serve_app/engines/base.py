@@ -11,12 +11,18 @@ from serve_app.stage_io import DecodeChunk, DecodeRequest, DecodeResult
 
 
 class DecoderEngine(ABC):
-    """Generates text from a prompt plus precomputed image embeddings."""
+    """Generates text from a prompt plus the image as the encoder stage made it (embeddings, detected text), or,
+    for engines that run the vision tower themselves (`vision_tower`), the prepared image."""
 
-    def __init__(self, model: ModelConfig, decoder: DecoderConfig, model_path: str):
+    supports_vision_tower = False
+
+    def __init__(self, model: ModelConfig, decoder: DecoderConfig, model_path: str, vision_tower: bool = False):
+        if vision_tower and not self.supports_vision_tower:
+            raise ValueError(f"{type(self).__name__} cannot run the vision tower (encoder.placement in_decoder)")
         self.model = model
         self.decoder = decoder
         self.model_path = model_path  # local checkpoint directory (already resolved)
+        self.vision_tower = vision_tower  # encoder.placement in_decoder: requests bring PreparedImage
 
     @abstractmethod
     async def start(self) -> None:

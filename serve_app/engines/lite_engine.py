@@ -15,8 +15,8 @@ from serve_app.stage_io import DecodeChunk, DecodeRequest, DetectedText, Spotted
 
 
 class TextRecognitionEngine(DecoderEngine):
-    def __init__(self, model: ModelConfig, decoder: DecoderConfig, model_path: str):
-        super().__init__(model, decoder, model_path)
+    def __init__(self, model: ModelConfig, decoder: DecoderConfig, model_path: str, vision_tower: bool = False):
+        super().__init__(model, decoder, model_path, vision_tower)
         self._recognizer = None
 
     async def start(self) -> None:

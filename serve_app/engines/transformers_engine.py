@@ -34,8 +34,8 @@ logger = logging.getLogger(__name__)
 
 
 class TransformersEngine(DecoderEngine):
-    def __init__(self, model: ModelConfig, decoder: DecoderConfig, model_path: str):
-        super().__init__(model, decoder, model_path)
+    def __init__(self, model: ModelConfig, decoder: DecoderConfig, model_path: str, vision_tower: bool = False):
+        super().__init__(model, decoder, model_path, vision_tower)
         self.device = resolve_device(model.device)
         self.dtype = torch_dtype(model.dtype)
         self._model = None

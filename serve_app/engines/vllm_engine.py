@@ -2,7 +2,9 @@
 
 The embeddings reach vLLM through the HunYuanVL subclass in `serve_app.engines.vllm_hunyuan_embeds`
 (registered with `model_class_overrides`, input enabled by `enable_mm_embeds`). By default the
-image limit is 0 ("embeddings only"), so the decoder never builds or loads the vision tower.
+image limit is 0 ("embeddings only"), so the decoder never builds or loads the vision tower. With
+`vision_tower=True` (encoder.placement in_decoder) the engine loads it and takes the Preprocessor's
+8-bit patches instead, running the same tower forward as the VisionEncoder stage inside vLLM.
 Continuous batching, KV cache management and scheduling are vLLM's.
 """
 
@@ -28,7 +30,7 @@ from serve_app.engines.engine_guard import POLL_S, child_pids, guard_children
 from serve_app.engines.base import DecoderEngine
 from serve_app.errors import EngineStoppedError, InvalidRequestError
 from serve_app.model.hunyuan_vl import torch_dtype
-from serve_app.stage_io import DecodeChunk, DecodeRequest
+from serve_app.stage_io import DecodeChunk, DecodeRequest, PreparedImage
 from serve_app.engines.vllm_hunyuan_embeds import MODEL_CLASS_OVERRIDE, image_token_counts
 
 logger = logging.getLogger(__name__)
@@ -59,21 +61,28 @@ def validate_engine_args(engine_args: dict[str, Any]) -> None:
         raise ValueError("; ".join(problems))
 
 
-def build_engine_args(model: ModelConfig, decoder: DecoderConfig, model_path: str) -> dict[str, Any]:
+def build_engine_args(
+    model: ModelConfig, decoder: DecoderConfig, model_path: str, vision_tower: bool = False
+) -> dict[str, Any]:
     """Keyword arguments for AsyncEngineArgs: our defaults, overridden by the config's engine_args, plus the
     settings this engine owns (checkpoint, dtype, the embeddings model class)."""
     validate_engine_args(decoder.engine_args)
     args: dict[str, Any] = {
         "model": model_path,
         "served_model_name": model.served_model_name,
-        # Embeddings only: no vision tower in the decoder (the VisionEncoder stage owns it).
-        "limit_mm_per_prompt": {"image": 0},
+        # Split placement: embeddings only, no vision tower in the decoder (the VisionEncoder stage owns it).
+        # In the decoder: one image per prompt, as HunyuanOCR's official `vllm serve` recipe.
+        "limit_mm_per_prompt": {"image": 1 if vision_tower else 0},
         # HunyuanOCR's official serving flags: every page is a new image, so prefixes rarely repeat.
         "enable_prefix_caching": False,
         "mm_processor_cache_gb": 0,
         # Guided JSON (the fields task): compact whitespace, or a weak model pads JSON with endless spaces.
         "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
     }
+    if vision_tower:
+        # vLLM sizes its encoder budget and cache from the largest image its processor would make: the config's
+        # pixel budget, not the checkpoint's (the tiny one's is 256x256; a page larger than that would never fit).
+        args["mm_processor_kwargs"] = {"size": {"shortest_edge": model.min_pixels, "longest_edge": model.max_pixels}}
     args.update(decoder.engine_args)
     args.update(
         dtype=model.dtype,
@@ -112,9 +121,11 @@ def _ray_stat_loggers() -> list | None:
 
 
 class VLLMEngine(DecoderEngine):
-    def __init__(self, model: ModelConfig, decoder: DecoderConfig, model_path: str):
-        super().__init__(model, decoder, model_path)
-        self.engine_args = build_engine_args(model, decoder, model_path)
+    supports_vision_tower = True
+
+    def __init__(self, model: ModelConfig, decoder: DecoderConfig, model_path: str, vision_tower: bool = False):
+        super().__init__(model, decoder, model_path, vision_tower)
+        self.engine_args = build_engine_args(model, decoder, model_path, vision_tower)
         self.torch_dtype = torch_dtype(model.dtype)
         self._llm = None
         self._in_flight: set[str] = set()
@@ -194,6 +205,19 @@ class VLLMEngine(DecoderEngine):
             )
         return embeds, grid
 
+    def _patches_input(self, image: PreparedImage) -> dict[str, torch.Tensor]:
+        """The Preprocessor's 8-bit patches as vLLM's image input (encoder.placement in_decoder)."""
+        if not self.vision_tower:
+            raise ValueError("this decoder runs without a vision tower (encoder.placement split): send embeddings")
+        if image.pixels is None or image.normalization is None:
+            raise ValueError("prepared image without its pixels or their normalisation")
+        normalization = image.normalization
+        return {
+            "pixel_values": torch.from_numpy(np.array(image.pixels, copy=True)),  # writable; vLLM checks the rest
+            "pixel_normalization": torch.tensor([normalization.scale, normalization.offset], dtype=torch.float32),
+            "image_grid_thw": torch.from_numpy(np.array(image.image_grid_thw, dtype=np.int64, copy=True)).reshape(3),
+        }
+
     async def stream(self, request: DecodeRequest) -> AsyncIterator[DecodeChunk]:
         from vllm import SamplingParams
         from vllm.exceptions import VLLMClientError
@@ -205,9 +229,12 @@ class VLLMEngine(DecoderEngine):
         if request.prompt.count(self._image_token) != 1:
             # Also catches an instruction that smuggles in the image token: vLLM would expand only one.
             raise ValueError(f"the prompt must contain exactly one image placeholder {self._image_token!r}")
-        embeds, grid = self._embeddings_tensor(request)
+        if isinstance(request.image, PreparedImage):
+            image = self._patches_input(request.image)
+        else:
+            embeds, grid = self._embeddings_tensor(request)
+            image = {"image_embeds": embeds, "image_grid_thw": grid}
         sampling = request.sampling
-        image = {"image_embeds": embeds, "image_grid_thw": grid}
         prompt = {"prompt": request.prompt, "multi_modal_data": {"image": image}}
         try:
             params = SamplingParams(

@@ -10,7 +10,15 @@ position computation. This subclass adds that input, following the Qwen2-VL patt
         "image_grid_thw": (3,) or (n_images, 3) tensor}}}  # t, h, w in patches
 
 with n_tok = t * (h / merge) * (w / merge + 1) + 2 per image (a newline column per row, plus the
-image begin/end rows the patch merger adds). Register it with
+image begin/end rows the patch merger adds). With a vision tower (image limit 1: encoder.placement
+in_decoder) it also takes the Preprocessor's 8-bit patches, which skip vLLM's HF processor (the image
+is already resized and laid out) and go through the same tower forward as the VisionEncoder stage's:
+
+        "pixel_values": (t*h*w, 3*16*16) uint8 tensor,
+        "pixel_normalization": (2, 3) float32 tensor,   # scale, offset per channel (PixelNormalization)
+        "image_grid_thw": (3,) tensor
+
+Register it with
 `model_class_overrides={"HunYuanVLForConditionalGeneration": MODEL_CLASS_OVERRIDE}` and
 `enable_mm_embeds=True`.
 
@@ -42,7 +50,9 @@ from vllm.multimodal.inputs import MultiModalFieldConfig
 from vllm.multimodal.parse import DictEmbeddingItems, MultiModalDataItems, MultiModalDataParser
 from vllm.multimodal.processing import PromptReplacement, PromptUpdate
 
+from serve_app.model.hunyuan_vl import vision_tower_features
 from serve_app.model.static_rope import make_rope_static
+from serve_app.stage_io import PixelNormalization
 
 MODEL_CLASS_OVERRIDE = "serve_app.engines.vllm_hunyuan_embeds:HunYuanVLEmbedsForConditionalGeneration"
 
@@ -67,6 +77,19 @@ def _embeds_field_config(merge_size: int):
     return factory
 
 
+def _patches_field_config(hf_inputs: Mapping[str, torch.Tensor]) -> dict[str, MultiModalFieldConfig]:
+    grid = hf_inputs.get("image_grid_thw", torch.empty((0, 3), dtype=torch.long))
+    return {
+        # Concatenated patches of all images in the prompt, split per image by its patch count.
+        "pixel_values": MultiModalFieldConfig.flat_from_sizes("image", grid.prod(-1)),
+        "pixel_normalization": MultiModalFieldConfig.batched("image"),
+        "image_grid_thw": MultiModalFieldConfig.batched("image", keep_on_cpu=True),
+    }
+
+
+PATCH_FIELDS = frozenset({"pixel_values", "pixel_normalization", "image_grid_thw"})
+
+
 class HunYuanVLEmbedsDataParser(MultiModalDataParser):
     embedding_fields = {"image": {"image_embeds": "values", "image_grid_thw": "metadata"}}
 
@@ -87,6 +110,8 @@ class HunYuanVLEmbedsDataParser(MultiModalDataParser):
                 f"invalid image_grid_thw {grid.tolist()}: must be positive, h and w divisible by {self._merge_size}"
             )
         data["image_grid_thw"] = grid
+        if "pixel_values" in data:
+            return self._patches(data, grid)
         if (embeds := data.get("image_embeds")) is not None:
             # Non-contiguous inputs crash vLLM's CPU matmul ("Expected a.stride(-1) == 1").
             embeds = torch.as_tensor(embeds).contiguous()
@@ -111,6 +136,25 @@ class HunYuanVLEmbedsDataParser(MultiModalDataParser):
         )
 
 
+    def _patches(self, data: dict, grid: torch.Tensor) -> DictEmbeddingItems:
+        """8-bit patches in the vision tower's layout (serve_app.model.hunyuan_vl.image_to_patch_pixels)."""
+        if set(data) != PATCH_FIELDS:
+            raise ValueError(f"image patches need exactly the fields {sorted(PATCH_FIELDS)}, got {sorted(data)}")
+        patches = torch.as_tensor(data["pixel_values"])
+        if patches.dtype != torch.uint8 or patches.ndim != 2 or patches.shape[0] != int(grid.prod(-1).sum()):
+            raise ValueError(
+                f"pixel_values must be uint8 patches, one row per patch of image_grid_thw {grid.tolist()}; got "
+                f"{patches.dtype} of shape {tuple(patches.shape)}"
+            )
+        normalization = torch.as_tensor(data["pixel_normalization"], dtype=torch.float32).reshape(-1, 2, 3)
+        if normalization.shape[0] != grid.shape[0]:
+            raise ValueError("pixel_normalization needs one (scale, offset) pair per image")
+        data.update(pixel_values=patches.contiguous(), pixel_normalization=normalization)
+        return DictEmbeddingItems(
+            data, modality="image", required_fields=PATCH_FIELDS, fields_factory=_patches_field_config
+        )
+
+
 class HunYuanVLEmbedsProcessingInfo(MultiModalProcessingInfo):
     @property
     def merge_size(self) -> int:
@@ -128,6 +172,8 @@ class HunYuanVLEmbedsProcessor(MultiModalProcessor):
     """Pixels take the Transformers backend's path; embeddings skip the HF processor entirely."""
 
     def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs) -> Mapping[str, MultiModalFieldConfig]:
+        if "pixel_normalization" in hf_inputs:
+            return _patches_field_config(hf_inputs)
         if "image_embeds" in hf_inputs or ("image_grid_thw" in hf_inputs and "pixel_values" not in hf_inputs):
             return _embeds_field_config(self.info.merge_size)(hf_inputs)
         return super()._get_mm_fields_config(hf_inputs, hf_processor_mm_kwargs)
@@ -179,6 +225,8 @@ class HunYuanVLEmbedsForConditionalGeneration(TransformersMultiModalForCausalLM)
 
     def _process_image_input(self, **kwargs) -> list[torch.Tensor] | None:
         image_embeds = kwargs.pop("image_embeds", None)
+        if kwargs.get("pixel_normalization") is not None:
+            return [embeds.to(self.model_config.dtype).contiguous() for embeds in self._encode_patches(**kwargs)]
         if image_embeds is None:
             if self.vision_tower_skipped and kwargs.get("pixel_values") is not None:
                 raise ValueError(
@@ -193,6 +241,32 @@ class HunYuanVLEmbedsForConditionalGeneration(TransformersMultiModalForCausalLM)
         dtype = self.model_config.dtype
         # One tensor per image, as vLLM's encoder cache expects; contiguous for the CPU kernels.
         return [embeds.to(dtype).contiguous() for embeds in image_embeds]
+
+    def _encode_patches(self, pixel_values, pixel_normalization, image_grid_thw, **_) -> list[torch.Tensor]:
+        """The Preprocessor's 8-bit patches through the VisionEncoder stage's forward pass, on this engine's tower."""
+        if self.vision_tower_skipped:
+            raise ValueError("this decoder was started without a vision tower (encoder.placement split); send embeddings")
+        grids = torch.stack(list(image_grid_thw)) if isinstance(image_grid_thw, (list, tuple)) else image_grid_thw
+        grids = grids.reshape(-1, 3).long().cpu()
+        if isinstance(pixel_values, (list, tuple)):
+            pixel_values = torch.cat(list(pixel_values))
+        scale_offset = torch.stack(list(pixel_normalization)) if isinstance(pixel_normalization, (list, tuple)) else pixel_normalization
+        scale_offset = scale_offset.reshape(-1, 2, 3).float().cpu()
+        counts = grids.prod(-1).tolist()
+        embeddings: list[torch.Tensor] = []
+        # One tower call per run of images sharing a normalisation (in practice all of them: one preprocessor).
+        start = 0
+        while start < len(counts):
+            end = start + 1
+            while end < len(counts) and torch.equal(scale_offset[end], scale_offset[start]):
+                end += 1
+            normalization = PixelNormalization(tuple(scale_offset[start, 0].tolist()), tuple(scale_offset[start, 1].tolist()))
+            rows = slice(sum(counts[:start]), sum(counts[:end]))
+            features = vision_tower_features(self.model.vision_tower, pixel_values[rows], grids[start:end], normalization)
+            sizes = image_token_counts(grids[start:end], self.config.vision_config.spatial_merge_size).tolist()
+            embeddings.extend(torch.split(features, sizes))
+            start = end
+        return embeddings
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         if not self.vision_tower_skipped:

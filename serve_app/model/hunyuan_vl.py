@@ -262,7 +262,6 @@ def encode_image_tensors(
             raise ValueError(f"image {index}: temporal grid {grid[0]} is not supported (images only)")
         counts.append(image_token_count(grid, merge))
 
-    parameter = next(vision_tower.parameters())
     # np.concatenate makes one new contiguous, writable array (inputs may be read-only Ray buffers).
     if normalization is None:
         flat = np.concatenate([np.asarray(p, dtype=np.float32) for p in pixel_values], axis=0)
@@ -271,16 +270,34 @@ def encode_image_tensors(
             raise ValueError("pixels with a normalization must be 8-bit patches (uint8)")
         flat = np.concatenate(pixel_values, axis=0)
     with torch.inference_mode():
-        pixels = torch.from_numpy(flat).to(device=parameter.device)
-        if normalization is not None:
-            pixels = normalization.apply_torch(pixels)
-        pixels = pixels.to(dtype=parameter.dtype).contiguous()
-        grid_tensor = torch.from_numpy(grids).to(device=parameter.device)
-        output = vision_tower(pixels, grid_thw=grid_tensor)
-        features = output.pooler_output.squeeze(0)
-        if features.shape[0] != sum(counts):
-            raise RuntimeError(f"vision tower returned {features.shape[0]} rows, expected {sum(counts)}")
+        features = vision_tower_features(vision_tower, torch.from_numpy(flat), torch.from_numpy(grids), normalization)
         return list(torch.split(features.cpu().contiguous(), counts))
+
+
+def vision_tower_features(
+    vision_tower: torch.nn.Module,
+    pixels: torch.Tensor,
+    image_grid_thw: torch.Tensor,
+    normalization: PixelNormalization | None = None,
+) -> torch.Tensor:
+    """The tower's forward pass that both placements run: the VisionEncoder stage (through encode_image_tensors)
+    and vLLM's engine (encoder.placement in_decoder, serve_app.engines.vllm_hunyuan_embeds).
+
+    `pixels`: all images' patches concatenated, (sum of t*h*w, 3*16*16), 8-bit when `normalization` is given
+    (normalised here, on the tower's device), else float pixel values. `image_grid_thw`: (n_images, 3).
+    Returns the images' embeddings concatenated, (sum of image_token_count, text_hidden), on the tower's device."""
+    parameter = next(vision_tower.parameters())
+    pixels = pixels.to(device=parameter.device)
+    if normalization is not None:
+        pixels = normalization.apply_torch(pixels)
+    pixels = pixels.to(dtype=parameter.dtype).contiguous()
+    grids = image_grid_thw.reshape(-1, 3).to(device=parameter.device, dtype=torch.int64)
+    features = vision_tower(pixels, grid_thw=grids).pooler_output.squeeze(0)
+    merge = int(vision_tower.config.spatial_merge_size)
+    expected = sum(image_token_count(grid, merge) for grid in image_grid_thw.reshape(-1, 3).tolist())
+    if features.shape[0] != expected:
+        raise RuntimeError(f"vision tower returned {features.shape[0]} rows, expected {expected}")
+    return features
 
 
 def encode_images(

@@ -1,4 +1,5 @@
-"""Decoder stage (fraction of a GPU): prompt + precomputed image embeddings -> text."""
+"""Decoder stage (fraction of a GPU): prompt + precomputed image embeddings -> text; with encoder.placement
+in_decoder, prompt + the Preprocessor's prepared image -> text (vLLM runs the vision tower)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,17 @@ from serve_app.errors import EngineStoppedError, quiet_client_error_logs
 from serve_app.metrics import DecoderMetrics
 from serve_app.model.model_files import resolve_model_path
 from serve_app.results.repetition import TailRepetitionCheck, clean_repeated_substrings
-from serve_app.stage_io import DecodeChunk, DecodeRequest, DecodeResult, DetectedText, ImageEmbeddings, SamplingOptions
+from serve_app.stage_io import (
+    DecodeChunk,
+    DecodeRequest,
+    DecodeResult,
+    DetectedText,
+    ImageEmbeddings,
+    PreparedImage,
+    SamplingOptions,
+)
+
+StageImage = ImageEmbeddings | DetectedText | PreparedImage  # what the encoder made, or the page itself (in_decoder)
 
 # Tokens per chunk when only the whole text is wanted: fewer output objects, chunks and guard steps.
 COLLECT_CHUNK_TOKENS = 16
@@ -56,6 +67,11 @@ def clean_result(result: DecodeResult, guard: RepetitionGuardConfig) -> DecodeRe
     return result
 
 
+async def with_pixels(image: StageImage) -> StageImage:
+    """A prepared image's pixels fetched from the object store (in_decoder); other inputs as they are."""
+    return await image.with_pixels() if isinstance(image, PreparedImage) else image
+
+
 @serve.deployment
 class Decoder:
     async def __init__(self, config: OCRAppConfig, engine_class: type[DecoderEngine] | None = None):
@@ -67,7 +83,10 @@ class Decoder:
         self.guard = config.repetition_guard
         self.exiting = False
         self.metrics = DecoderMetrics()
-        self.engine = engine_class(config.model, config.decoder, resolve_model_path(config.model))
+        self.engine = engine_class(
+            config.model, config.decoder, resolve_model_path(config.model),
+            vision_tower=config.encoder.placement == "in_decoder",
+        )
         await self.engine.start()
 
     def replace_replica(self, reason: str) -> None:
@@ -78,10 +97,9 @@ class Decoder:
             logger.error("decoder engine stopped (%s); exiting so that Ray Serve replaces this replica", reason)
             asyncio.get_running_loop().call_later(EXIT_AFTER_ENGINE_DEATH_S, os._exit, 1)
 
-    async def generate(
-        self, prompt: str, image: ImageEmbeddings | DetectedText, sampling: SamplingOptions, request_id: str
-    ) -> DecodeResult:
+    async def generate(self, prompt: str, image: StageImage, sampling: SamplingOptions, request_id: str) -> DecodeResult:
         started = time.perf_counter()
+        image = await with_pixels(image)
         # Nobody reads the chunks but the repetition guard: chunks of several tokens instead of one make that
         # many times fewer output objects, chunks and guard/metrics steps here.
         interval = max(sampling.stream_interval, COLLECT_CHUNK_TOKENS)
@@ -93,13 +111,15 @@ class Decoder:
             self.replace_replica(type(error.__cause__).__name__)
             raise
         result.decode_ms = (time.perf_counter() - started) * 1000
-        result.encode_ms, result.encoder_batch_size = image.encode_ms, image.batch_size
+        if not isinstance(image, PreparedImage):  # in_decoder: the tower's time is part of decode_ms
+            result.encode_ms, result.encoder_batch_size = image.encode_ms, image.batch_size
         return result
 
     async def generate_stream(
-        self, prompt: str, image: ImageEmbeddings | DetectedText, sampling: SamplingOptions, request_id: str
+        self, prompt: str, image: StageImage, sampling: SamplingOptions, request_id: str
     ) -> AsyncIterator[DecodeChunk]:
         """Streaming variant (call through a handle with `stream=True`)."""
+        image = await with_pixels(image)
         try:
             async for chunk in self._measured(self.engine.stream(DecodeRequest(prompt, image, sampling, request_id))):
                 yield chunk

@@ -148,13 +148,13 @@ class OCRIngress:
         self,
         config: OCRAppConfig,
         preprocessor: DeploymentHandle,
-        encoder: DeploymentHandle,
+        encoder: DeploymentHandle | None,
         decoder: DeploymentHandle,
     ):
         config.ingress.apply_cpu_nice()
         self.config = config
         self.preprocessor = preprocessor
-        self.encoder = encoder
+        self.encoder = encoder  # None with encoder.placement in_decoder: the decoder's vLLM runs the tower
         self.decoder = decoder
         # Read here, in the replica: the key never travels through Ray's config or logs. A configured
         # key file that cannot be read fails the replica (no silent fall back to an open service).
@@ -226,8 +226,12 @@ class OCRIngress:
         are a reference of their own that only the encoder resolves: pixels never pass through the ingress.
         Callers release the pixels (`release_pixels`, and drop the response) once they have read the prompt."""
         prepared_response = self.preprocessor.prepare.remote(image_bytes, task.instruction)
-        embeddings_response = self.encoder.encode.remote(prepared_response)
-        return prepared_response, embeddings_response
+        return prepared_response, self._encoded(prepared_response)
+
+    def _encoded(self, prepared_response):
+        """What the decoder reads the image from: the encoder's response, or (in_decoder) the preprocessor's, whose
+        pixels the decoder fetches itself."""
+        return self.encoder.encode.remote(prepared_response) if self.encoder is not None else prepared_response
 
     async def _run(
         self, image_bytes: bytes, task: TaskRequest, sampling: SamplingOptions, request_id: str
@@ -390,7 +394,7 @@ class OCRIngress:
         self, number: int, prepared_response, task: TaskRequest, sampling: SamplingOptions, request_id: str
     ) -> tuple[PageResult, tuple[list[int], list[int]]]:
         """One page: encoder and decoder chained on the preprocessor's response."""
-        embeddings_response = self.encoder.encode.remote(prepared_response)
+        embeddings_response = self._encoded(prepared_response)
         prepared = (await prepared_response).release_pixels()
         del prepared_response
         result = await self.decoder.generate.remote(prepared.prompt, embeddings_response, sampling, request_id)
@@ -574,7 +578,8 @@ class OCRIngress:
     @app.get("/healthz", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
     async def healthz(self) -> JSONResponse:
         stages = {}
-        for name, handle in (("preprocessor", self.preprocessor), ("encoder", self.encoder), ("decoder", self.decoder)):
+        handles = {"preprocessor": self.preprocessor, "encoder": self.encoder, "decoder": self.decoder}
+        for name, handle in ((name, handle) for name, handle in handles.items() if handle is not None):
             try:
                 await asyncio.wait_for(handle.ping.remote(), HEALTH_PING_TIMEOUT_S)
                 stages[name] = "ok"

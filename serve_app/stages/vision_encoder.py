@@ -157,13 +157,7 @@ class VisionEncoder:
         self.metrics = EncoderMetrics()
 
     async def encode(self, prepared: PreparedImage) -> ImageEmbeddings | DetectedText:
-        from ray.exceptions import ObjectLostError
-
-        try:
-            prepared = await prepared.with_pixels()
-        except ObjectLostError as error:  # their owner, a preprocessor replica, stopped before they were read
-            raise ServiceUnavailableError("The page's prepared pixels were lost (a stage restarted); retry.") from error
-        return await self.batcher.submit(prepared)
+        return await self.batcher.submit(await prepared.with_pixels())
 
     def _encode_batch(self, batch: list[PreparedImage]) -> list[ImageEmbeddings | DetectedText | Exception]:
         # On the batcher's thread, off the event loop, so requests keep queueing. An out-of-memory batch is

@@ -25,16 +25,19 @@ METRICS_PORT = free_port()
 ROUTES = {"vllm": "/vllm", "transformers": "/transformers"}  # HunyuanOCR 1.5's recipe, 1.5's config layout
 # The same graphs with 1.0's recipe on the tiny model in 1.0's config layout.
 ROUTES_1_0 = {"vllm": "/vllm-1-0", "transformers": "/transformers-1-0"}
+# HunyuanOCR 1.5 with encoder.placement in_decoder: no VisionEncoder, vLLM runs the tower on the Preprocessor's patches.
+IN_DECODER_ROUTE = "/vllm-in-decoder"
 LITE_ROUTE = "/lite"
 # The lite graph again with the security options on: an API key and an image_url allow-list.
 SECURE_ROUTE = "/secure"
 SECURE_API_KEY = "test-key-" + "7f3a9c1e5b"
 
 
-def graph_config(checkpoint: str, engine: str, version: str = "1.5") -> OCRAppConfig:
+def graph_config(checkpoint: str, engine: str, version: str = "1.5", placement: str = "split") -> OCRAppConfig:
     config = OCRAppConfig.from_serve_config(ROOT / "configs" / "cpu.yaml").model_dump()
     config["model"]["source"] = checkpoint
     config["decoder"]["engine"] = engine
+    config["encoder"]["placement"] = placement
     if version != config["model"]["version"]:
         # The other version's recipe where cpu.yaml does not set its own (pixels, max_tokens, the guard: its own).
         from serve_app.profiles import profile_for
@@ -45,6 +48,25 @@ def graph_config(checkpoint: str, engine: str, version: str = "1.5") -> OCRAppCo
     if engine == "transformers":
         config["decoder"]["engine_args"] = {}
     return OCRAppConfig.model_validate(config)
+
+
+@pytest.fixture(scope="module")
+def loop():
+    """One event loop per test module: AsyncLLM binds to the loop of its first request."""
+    import asyncio
+
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+def start_engine(engine, loop, stage) -> None:
+    """Start a decoder engine as its replica would: with the stage's process environment (the replica's
+    runtime_env), which vLLM's engine core inherits when it is spawned."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in stage.process_env().items():
+            patch.setenv(name, value)
+        loop.run_until_complete(engine.start())
 
 
 def pytest_collection_modifyitems(items):
@@ -123,7 +145,7 @@ def served(checkpoints, tmp_path_factory):
     import ray
     from ray import serve
 
-    # Logical CPUs: seven graphs of fractional stages (9.5 CPUs of num_cpus with the UI's) share this 2-core machine.
+    # Logical CPUs: eight graphs of fractional stages (10.5 CPUs of num_cpus with the UI's) share this 2-core machine.
     ray.init(num_cpus=16, include_dashboard=False, configure_logging=False, _metrics_export_port=METRICS_PORT)
     serve.start(http_options={"host": "127.0.0.1", "port": HTTP_PORT})
     for engine, route in ROUTES.items():
@@ -131,6 +153,8 @@ def served(checkpoints, tmp_path_factory):
     for engine, route in ROUTES_1_0.items():
         config = graph_config(checkpoints["1.0"], engine, "1.0")
         serve.run(build_graph(config), name=f"{engine}-1-0", route_prefix=route)
+    in_decoder = graph_config(checkpoints["1.5"], "vllm", placement="in_decoder")
+    serve.run(build_graph(in_decoder), name="vllm-in-decoder", route_prefix=IN_DECODER_ROUTE)
     serve.run(build_graph(OCRAppConfig.from_serve_config(ROOT / "configs" / "lite.yaml")), name="lite", route_prefix=LITE_ROUTE)
     key_file = tmp_path_factory.mktemp("secure") / "api_key"
     key_file.write_text(SECURE_API_KEY + "\n")

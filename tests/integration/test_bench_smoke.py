@@ -154,20 +154,24 @@ def test_vs_rapidocr_smoke(served, tmp_path):
 
 
 def test_vs_vllm_smoke(served, checkpoints, tmp_path):
-    """vLLM's own OpenAI server on the session checkpoint beside the session's vLLM graph: same prompts (the
-    script stops when the prompt token counts differ), numbers of the expected shape."""
-    from tests.integration.conftest import SROIE_DIR
+    """vLLM's own OpenAI server on the session checkpoint beside the session's vLLM graphs of both placements: same
+    prompts (the script stops when the prompt token counts differ), numbers of the expected shape."""
+    from tests.integration.conftest import IN_DECODER_ROUTE, SROIE_DIR
 
     out = tmp_path / "vs_vllm.json"
     report = _module("vs_vllm").main([
         "--serve-config", str(ROOT / "configs" / "cpu.yaml"), "--source", checkpoints["1.5"],
-        "--graph-url", f"{BASE_URL}{ROUTES['vllm']}", "--images", str(SROIE_DIR), "--limit", "2",
-        "--concurrency", "1", "2", "--requests-per-client", "1", "--max-tokens", "8", "--rounds", "1", "--out", str(out),
+        "--graph-url", f"split={BASE_URL}{ROUTES['vllm']}", "--graph-url", f"in_decoder={BASE_URL}{IN_DECODER_ROUTE}",
+        "--images", str(SROIE_DIR), "--limit", "2", "--concurrency", "1", "2", "--requests-per-client", "1",
+        "--max-tokens", "8", "--rounds", "1", "--out", str(out),
     ])
     assert [row["concurrency"] for row in report["levels"]] == [1, 2]
     for row in report["levels"]:
-        assert row["mean_prompt_tokens"] > 100  # an image's tokens and the instruction, the same on both
-        for key in ("graph_output_tokens_per_s", "vllm_output_tokens_per_s", "graph_p50_ms", "vllm_p50_ms"):
-            assert row[key] > 0, key
+        assert row["mean_prompt_tokens"] > 100  # an image's tokens and the instruction, the same on all three
+        assert row["placements"] == ["split", "in_decoder"]
+        for side in ("split", "in_decoder", "vllm"):
+            assert row[f"{side}_output_tokens_per_s"] > 0 and row[f"{side}_p50_ms"] > 0, side
+        for side in ("split", "in_decoder"):
+            assert row[f"{side}_throughput_ratio"] > 0 and row[f"{side}_p50_ratio"] > 0, side
     assert json.loads(out.read_text())["levels"] == report["levels"]
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

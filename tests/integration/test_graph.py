@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 
 import httpx
 import pytest
 from PIL import Image
 
 from tests.conftest import make_image, to_bytes, with_exif_orientation
-from tests.integration.conftest import BASE_URL, ROUTES, ROUTES_1_0, graph_config
+from tests.integration.conftest import BASE_URL, IN_DECODER_ROUTE, ROUTES, ROUTES_1_0, graph_config
 from tests.reference import reference_generate
 
 pytestmark = pytest.mark.integration
@@ -36,17 +37,20 @@ def parity_images() -> dict[str, tuple[bytes, Image.Image]]:
     return encoded
 
 
-GRAPHS = {f"{engine}@1.5": (route, "1.5") for engine, route in ROUTES.items()} | {
-    f"{engine}@1.0": (route, "1.0") for engine, route in ROUTES_1_0.items()
-}
+GRAPHS = (
+    {f"{engine}@1.5": (route, "1.5") for engine, route in ROUTES.items()}
+    | {f"{engine}@1.0": (route, "1.0") for engine, route in ROUTES_1_0.items()}
+    | {"vllm-in-decoder@1.5": (IN_DECODER_ROUTE, "1.5")}
+)
 
 
 @pytest.mark.parametrize("graph", list(GRAPHS))
 def test_concurrent_http_results_match_transformers_generate_token_for_token(served, checkpoints, graph):
-    """Both engines, on both versions' recipes and config layouts: the served graph (the official message list,
-    the version's repetition penalty) == transformers' own generate, token for token."""
+    """Both engines, on both versions' recipes and config layouts, and both encoder placements (the tower in a
+    VisionEncoder stage, or in vLLM's engine): the served graph (the official message list, the version's repetition
+    penalty) == transformers' own generate, token for token."""
     route, version = GRAPHS[graph]
-    engine = graph.split("@")[0]
+    engine = graph.split("@")[0].removesuffix("-in-decoder")
     checkpoint = checkpoints[version]
     config = graph_config(checkpoint, engine, version)
     images = parity_images()
@@ -170,3 +174,40 @@ def test_openapi_documents_the_ocr_endpoint(served):
     schema = httpx.get(f"{BASE_URL}/vllm/openapi.json", timeout=30).json()
     assert "/ocr" in schema["paths"]
     assert "OCRResponse" in schema["components"]["schemas"]
+
+
+def test_the_in_decoder_graph_has_no_encoder_stage_and_answers_as_the_split_graph(served):
+    """encoder.placement in_decoder: Preprocessor, Decoder and ingress only; health without an encoder; a 2-page PDF
+    and a streamed chat completion give the split graph's text (the tower's time counts in decode)."""
+    import base64
+
+    from ray import serve
+
+    from tests.integration.test_documents import text_pdf
+
+    assert set(serve.status().applications["vllm-in-decoder"].deployments) == {"Preprocessor", "Decoder", "OCRIngress"}
+    health = httpx.get(f"{BASE_URL}{IN_DECODER_ROUTE}/healthz", timeout=30).json()
+    assert health["status"] == "ok" and health["stages"] == {"preprocessor": "ok", "decoder": "ok"}
+
+    pdf = text_pdf(["A", "B"])
+    split, fused = (
+        httpx.post(f"{BASE_URL}{route}/ocr", params={"max_tokens": 8}, content=pdf, timeout=300).json()
+        for route in (ROUTES["vllm"], IN_DECODER_ROUTE)
+    )
+    assert [page["text"] for page in fused["pages"]] == [page["text"] for page in split["pages"]]
+    assert [page["page"] for page in fused["pages"]] == [1, 2]
+    assert all(page["timings_ms"]["encode"] == 0 and page["timings_ms"]["decode"] > 0 for page in fused["pages"])
+
+    image = "data:image/png;base64," + base64.b64encode(to_bytes(make_image(320, 200, seed=11))).decode()
+    body = {
+        "model": "hunyuan-ocr-tiny-random", "max_tokens": 16,
+        "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image}}]}],
+    }
+    whole = httpx.post(f"{BASE_URL}{ROUTES['vllm']}/v1/chat/completions", json=body, timeout=120).json()
+    with httpx.stream("POST", f"{BASE_URL}{IN_DECODER_ROUTE}/v1/chat/completions", json={**body, "stream": True},
+                      timeout=120) as response:
+        assert response.status_code == 200
+        events = [line.removeprefix("data: ") for line in response.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    deltas = [json.loads(event)["choices"][0]["delta"].get("content") or "" for event in events[:-1]]
+    assert "".join(deltas) == whole["choices"][0]["message"]["content"] and sum(1 for text in deltas if text) > 1

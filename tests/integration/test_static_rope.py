@@ -28,6 +28,7 @@ from serve_app.model.static_rope import (
     static_rope_config,
 )
 from tests.conftest import make_image
+from tests.integration.conftest import start_engine
 
 pytestmark = pytest.mark.integration
 
@@ -213,13 +214,6 @@ def test_dynamic_language_model_breaks_the_graph(models, image_inputs):
 
 
 @pytest.fixture(scope="module")
-def loop():
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
-
-
-@pytest.fixture(scope="module")
 def compile_cache(tmp_path_factory):
     """A fresh VLLM_CACHE_ROOT: compiled artifacts found there afterwards come from this engine."""
     root = tmp_path_factory.mktemp("vllm-cache")
@@ -240,7 +234,7 @@ def compiled_engine(tiny_checkpoint, compile_cache, loop):
     assert model.dtype == "float32" and engine_args["max_model_len"] == MAX_MODEL_LEN
     decoder = app.decoder.model_copy(update={"engine_args": engine_args})
     engine = VLLMEngine(model, decoder, str(tiny_checkpoint))
-    loop.run_until_complete(engine.start())
+    start_engine(engine, loop, decoder)
     yield engine
     loop.run_until_complete(engine.shutdown())
 

@@ -23,6 +23,7 @@ from serve_app.errors import InvalidRequestError
 from serve_app.stage_io import DecodeRequest, ImageEmbeddings, SamplingOptions  # noqa: E402
 from serve_app.engines.vllm_hunyuan_embeds import HunYuanVLEmbedsDataParser  # noqa: E402
 from tests.conftest import make_image, to_bytes  # noqa: E402
+from tests.integration.conftest import start_engine  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -61,29 +62,10 @@ def configs(tiny_checkpoint):
 
 
 @pytest.fixture(scope="module")
-def loop():
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
-
-
-@pytest.fixture(scope="module")
 def engine(tiny_checkpoint, configs, loop):
-    import os
-
     model, decoder = configs
     engine = VLLMEngine(model, decoder, str(tiny_checkpoint))
-    # The Decoder replica's process environment (its runtime_env): the engine core inherits it when it starts.
-    saved = {name: os.environ.get(name) for name in decoder.process_env()}
-    os.environ.update(decoder.process_env())
-    try:
-        loop.run_until_complete(engine.start())
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    start_engine(engine, loop, decoder)
     yield engine
     loop.run_until_complete(engine.shutdown())
 
@@ -193,6 +175,17 @@ def test_bad_prompt_or_sampling_is_rejected_with_value_error(engine, cases, loop
     # A malformed prompt is a pipeline bug (ValueError -> 500); a bad max_tokens is the caller's (400).
     with pytest.raises(InvalidRequestError if change == "max_tokens_0" else ValueError):
         loop.run_until_complete(engine.generate(DecodeRequest(prompt, case["image"], sampling, f"bad-{change}")))
+
+
+def test_a_prepared_image_is_refused_without_the_vision_tower(tiny_checkpoint, engine, configs, loop):
+    """The split placement's engine has no tower (nothing built or loaded): pixels are a pipeline error, not a crash."""
+    from serve_app.stages.preprocessor import ImagePreparer
+
+    model, _ = configs
+    prepared = ImagePreparer(OCRAppConfig(model=model), str(tiny_checkpoint)).prepare(to_bytes(make_image(64, 48)), INSTRUCTION)
+    with pytest.raises(ValueError, match="encoder.placement split"):
+        loop.run_until_complete(engine.generate(DecodeRequest(prepared.prompt, prepared, SamplingOptions(max_tokens=4))))
+    loop.run_until_complete(engine.check_health())
 
 
 def test_vllm_parser_rejects_wrong_row_count():

@@ -111,6 +111,25 @@ def test_cpu_config_schedules_on_two_cores():
     assert all(deployment.ray_actor_options.get("num_gpus", 0) == 0 for deployment in deployments.values())
 
 
+def test_in_decoder_placement_deploys_no_encoder_and_starts_vllm_with_the_tower(tmp_path):
+    """encoder.placement in_decoder, as `serve run` builds it: three deployments, the ingress bound without an
+    encoder, and the decoder's vLLM allowed one image a prompt at the config's pixel budget."""
+    from serve_app.engines.vllm_engine import build_engine_args
+
+    path = tmp_path / "in_decoder.yaml"
+    document = yaml.safe_load((ROOT / "configs" / "cpu.yaml").read_text())
+    document["applications"][0]["args"]["encoder"]["placement"] = "in_decoder"
+    path.write_text(yaml.safe_dump(document))
+    config, deployments = deployments_of(path)
+    assert set(deployments) == {"Preprocessor", "Decoder", "OCRIngress"}
+    ingress_args = deployments["OCRIngress"].init_args
+    assert ingress_args[2] is None  # (config, preprocessor, encoder, decoder)
+    args = build_engine_args(config.model, config.decoder, "/ckpt", vision_tower=True)
+    assert args["limit_mm_per_prompt"] == {"image": 1}
+    assert args["mm_processor_kwargs"] == {"size": {"shortest_edge": 128 * 128, "longest_edge": 512 * 512}}
+    assert build_engine_args(config.model, config.decoder, "/ckpt")["limit_mm_per_prompt"] == {"image": 0}
+
+
 @pytest.mark.parametrize(
     "args,field",
     [
@@ -121,6 +140,9 @@ def test_cpu_config_schedules_on_two_cores():
         ({"limits": {"max_body_bytes": -1}}, "limits.max_body_bytes"),
         ({"preprocessor": {"num_replicas": 2, "autoscaling": {"max_replicas": 3}}}, "preprocessor"),
         ({"decoder": {"engine_args": {"gpu_memory_utilisation": 0.5}}}, "gpu_memory_utilisation"),
+        ({"encoder": {"placement": "fused"}}, "encoder.placement"),
+        ({"encoder": {"placement": "in_decoder"}, "decoder": {"engine": "transformers"}}, "encoder.placement"),
+        ({"encoder": {"placement": "in_decoder"}, "model": {"family": "pp_ocr"}}, "encoder.placement"),
     ],
 )
 def test_invalid_config_names_the_field(args, field):

@@ -186,3 +186,30 @@ def test_replicas_spread_over_several_cards_are_planned_per_card():
     assert plan.total_bytes == gpu_plan(OCRAppConfig.from_serve_config(path)).total_bytes
     bigger = gpu_plan(config_with(path, gpu={"memory_gib": 48}))
     assert bigger.card_bytes == 48 * GIB
+
+
+def test_in_decoder_placement_moves_the_tower_into_vllms_process():
+    """encoder.placement in_decoder: no encoder replicas or GPU fraction; vLLM holds the tower's weights and the
+    activations of its largest encoder step (one 4096x4096 page: 16,514 tokens, over the 8,192-token step)."""
+    path = ROOT / "serve_config.yaml"
+    split = gpu_plan(OCRAppConfig.from_serve_config(path))
+    # The serve config's decoder share cannot also hold the tower: refused, naming it.
+    with pytest.raises(ValueError, match=r"decoder: vLLM needs .* \+ vision tower 2\.65 GiB\) > its share num_gpus 0\.7"):
+        check_gpu_plan(config_with(path, encoder={"placement": "in_decoder"}))
+    plan = check_gpu_plan(config_with(path, encoder={"placement": "in_decoder"}, decoder={"num_gpus": 0.9}))
+    d = ModelDims()
+    activations = 65536 * (max(7 * 1152, 2 * 1152 + 2 * 4304) * 2 + 3 * 256 * 4 + 1152 * 4)
+    assert plan.vllm_vision_pages == 1 and plan.image_tokens_per_page == 16514
+    assert plan.vllm_vision_bytes == 2 * d.vision_parameters() + activations
+    assert plan.vllm_process_bytes == split.vllm_process_bytes + plan.vllm_vision_bytes
+    assert plan.encoder_replicas == 0 and "encoder" not in plan.ray_gpu_fractions
+    assert plan.total_bytes == split.total_bytes - split.encoder_replica_bytes + plan.vllm_vision_bytes
+    assert "encoder.placement in_decoder" in format_plan(plan) and plan.problems() == []
+    # Without an explicit KV size, the KV derived from gpu_memory_utilization makes room for the tower.
+    args = app_args(path)
+    del args["decoder"]["engine_args"]["kv_cache_memory_bytes"]
+    args["encoder"]["placement"] = "in_decoder"
+    derived = gpu_plan(OCRAppConfig.model_validate(args))
+    del args["encoder"]["placement"]
+    freed = gpu_plan(OCRAppConfig.model_validate(args)).kv_cache_memory_bytes - derived.kv_cache_memory_bytes
+    assert abs(freed - derived.vllm_vision_bytes) < derived.kv_bytes_per_block  # whole blocks
