@@ -49,6 +49,14 @@ test: install
 # kv_cache_memory_bytes) with a full-size random checkpoint, checked against the memory plan
 # (bench/gpu_plan.py --check). Fails when anything fails or a measured figure is >10% off the plan.
 # GPU_CHECK_ARGS="--source /models/HunyuanOCR" uses real weights; "--serve-config configs/hunyuanocr-1.0.yaml" 1.0's.
+# Both encoder placements: the config's split, then in_decoder (the tower inside vLLM, the decoder given both shares).
 .PHONY: gpu-check
 gpu-check: install
 	$(VENV)/bin/python bench/gpu_plan.py --check $(GPU_CHECK_ARGS)
+	$(VENV)/bin/python bench/gpu_plan.py --check --placement in_decoder --out bench/results/gpu_plan-in_decoder.json $(GPU_CHECK_ARGS)
+
+# On a CUDA machine: both placements beside `vllm serve` on the same checkpoint, same requests (bench/vs_vllm.py).
+# GPU_COMPARE_ARGS="--source /models/HunyuanOCR" for real weights (the default is the config's hub source).
+.PHONY: gpu-compare
+gpu-compare: install
+	$(VENV)/bin/python bench/vs_vllm.py --serve-config serve_config.yaml --stock $(GPU_COMPARE_ARGS)

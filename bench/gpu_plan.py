@@ -43,7 +43,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.lib import ROOT  # noqa: E402
-from bench.lib.config import cuda_available, load_app_config  # noqa: E402
+from bench.lib.config import cuda_available, load_app_config, with_placement  # noqa: E402
 from bench.lib.images import DEFAULT_IMAGES, image_files, load_pages, synthetic_page  # noqa: E402
 from bench.lib.plotting import pyplot_or_none, save_figure  # noqa: E402
 from bench.lib.results import RESULTS, write_json  # noqa: E402
@@ -206,6 +206,11 @@ def receipt_image_tokens(images_dir: Path | None, app) -> tuple[int | None, str]
         with Image.open(path) as image:
             tokens.append(image_tokens(*image.size, app.model.min_pixels, app.model.max_pixels)[0])
     return int(statistics.median(tokens)), f"{images_dir}: {len(files)} receipts, {min(tokens)}-{max(tokens)} image tokens"
+
+
+def placed(app, placement: str | None):
+    """The config with `placement` (None: as it is)."""
+    return with_placement(app, placement) if placement and placement != app.encoder.placement else app
 
 
 def make_plan(app, card_gib: float, dims: ModelDims, receipt_tokens: int | None, reserve_gib: float | None = None) -> GpuPlan:
@@ -530,7 +535,10 @@ def run_check(args, plan: GpuPlan, source: str) -> dict:
     """The serve config's graph on this card through Ray Serve; every figure against the plan."""
     failures: list[str] = []
     warnings: list[str] = []
-    report: dict[str, Any] = {"serve_config": str(args.serve_config), "checkpoint": source, "tolerance": args.tolerance}
+    report: dict[str, Any] = {
+        "serve_config": str(args.serve_config), "placement": plan.encoder_placement, "checkpoint": source,
+        "tolerance": args.tolerance,
+    }
     gpu = pick_gpu()
     report["gpu"] = {key: gpu[key] for key in ("name", "total_bytes", "used_bytes")}
     if gpu["total_bytes"] < plan.card_bytes * 0.97:
@@ -547,7 +555,7 @@ def run_check(args, plan: GpuPlan, source: str) -> dict:
 
     from serve_app.app import build_app
 
-    app = load_app_config(args.serve_config, source)
+    app = placed(load_app_config(args.serve_config, source), args.placement)
     sampler = GpuMemorySampler(gpu["uuid"], args.sample_interval_s)
     sampler.sample()
     baseline_pids = set(sampler.peak_by_pid)
@@ -569,8 +577,10 @@ def run_check(args, plan: GpuPlan, source: str) -> dict:
         report["start_s"] = round(time.perf_counter() - started, 1)
         if not failures:
             side = plan.page_side
-            full_count = args.full_pages if args.full_pages is not None else 4 * plan.encoder_max_batch_size * plan.encoder_replicas
-            full_concurrency = 2 * plan.encoder_max_batch_size * plan.encoder_replicas + 2
+            # Enough full pages to fill the encoder's batches (split) or vLLM's largest encoder step (in_decoder).
+            pages_per_step = plan.encoder_max_batch_size * plan.encoder_replicas or plan.vllm_vision_pages
+            full_count = args.full_pages if args.full_pages is not None else 4 * pages_per_step
+            full_concurrency = 2 * pages_per_step + 2
             receipts, origin = load_pages(args.images, args.count)
             report["images"] = origin
             warm = asyncio.run(post_pages(base_url, receipts[: max(8, args.concurrency // 4)], args.concurrency // 4 or 1,
@@ -777,6 +787,9 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--run", action="store_true", help="also measure throughput in this process (default with CUDA)")
     mode.add_argument("--check", action="store_true", help="serve the config's graph on this GPU and check it against the plan")
     parser.add_argument("--serve-config", type=Path, default=ROOT / "serve_config.yaml")
+    parser.add_argument("--placement", choices=["split", "in_decoder"], default=None,
+                        help="encoder.placement to plan and check (default: the config's); in_decoder gives the decoder "
+                        "the encoder's GPU share")
     parser.add_argument("--card-gib", type=float, default=None, help="the card the plan is for (default: the config's gpu.memory_gib)")
     parser.add_argument("--reserve-gib", type=float, default=None, help="vLLM's memory besides weights and KV (default 1.5)")
     parser.add_argument("--checkpoint-dir", type=Path, default=DEFAULT_CHECKPOINT_DIR)
@@ -804,7 +817,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         run = not args.plan_only and cuda_available()
 
-    app = load_app_config(args.serve_config)
+    app = placed(load_app_config(args.serve_config), args.placement)
+    if run and app.encoder.placement != "split":
+        print("--run measures the split stages in this process; use --check for encoder.placement in_decoder")
+        return 2
     report: dict[str, Any] = {"checkpoint_dir": None, "run": None, "check": None}
     if args.check and shutil.which("nvidia-smi") is None:
         print("GPU check: FAIL: no nvidia-smi: --check needs an NVIDIA GPU")

@@ -7,7 +7,10 @@ without a GPU) vs `rapidocr.RapidOCR()` itself, on the same receipts, for one us
   engine per client thread, on the same bytes.
 
 Concurrency 1: one request after the other (the person at the web UI); concurrency 4: four clients back to back.
-Rounds alternate (graph, rapidocr, then rapidocr, graph, ...: the speed of a shared 2-core machine drifts); per
+Where the time goes, per request (medians): the graph's stages as the response reports them (preprocess: decode and
+checks; encode: detection, crops and angle; decode: recognition) and the rest of the request (HTTP, Ray's proxy, the
+ingress, the hops between stages, queueing); rapidocr's own det / cls / rec times and the rest (image loading,
+resizing, crops). Rounds alternate (graph, rapidocr, then rapidocr, graph, ...: the speed of a shared 2-core machine drifts); per
 level and side: median latency (ms), requests/s; and the ratios graph / rapidocr.
 
     python bench/vs_rapidocr.py                               # 10 receipts, threads 1 and 2, c=1 and 4, 2 rounds
@@ -36,11 +39,12 @@ from bench.lib.rounds import interleaved_rounds  # noqa: E402
 from bench.lib.service import deployed_graph, free_port, serve_instance  # noqa: E402
 
 
-def lite_config(threads: int):
+def lite_config(threads: int, spinning: bool):
     from serve_app.config import OCRAppConfig
 
     config = OCRAppConfig.from_serve_config(ROOT / "configs" / "lite.yaml")
-    return config.model_copy(update={"model": config.model.model_copy(update={"num_threads": threads})})
+    model = config.model.model_copy(update={"num_threads": threads, "thread_spinning": spinning})
+    return config.model_copy(update={"model": model})
 
 
 def graph_level(url: str, pages: list[bytes], concurrency: int, requests: int) -> dict:
@@ -62,13 +66,16 @@ def graph_level(url: str, pages: list[bytes], concurrency: int, requests: int) -
                     if response.status_code != 200:
                         raise SystemExit(f"graph answered {response.status_code}: {response.text[:300]}")
                     latencies.append(time.perf_counter() - started)
+                    timings = response.json()["timings_ms"]
+                    stages.append({name: timings[name] / 1000 for name in GRAPH_STAGES})
 
             started = time.perf_counter()
             await asyncio.gather(*(one_client() for _ in range(concurrency)))
             return latencies, time.perf_counter() - started
 
+    stages: list[dict[str, float]] = []
     latencies, wall = asyncio.run(run())
-    return summarize(latencies, wall)
+    return summarize(latencies, wall, stages)
 
 
 class RapidOCRClients:
@@ -97,19 +104,29 @@ class RapidOCRClients:
                 if result is None:
                     raise SystemExit("rapidocr returned nothing")
                 latencies.append(time.perf_counter() - started)
+                stages.append(dict(zip(RAPIDOCR_STAGES, (elapse or 0.0 for elapse in result.elapse_list))))
 
+        stages: list[dict[str, float]] = []
         started = time.perf_counter()
         with ThreadPoolExecutor(concurrency) as pool:
             list(pool.map(one_client, self.engines[:concurrency]))
-        return summarize(latencies, time.perf_counter() - started)
+        return summarize(latencies, time.perf_counter() - started, stages)
 
 
-def summarize(latencies: list[float], wall: float) -> dict:
+GRAPH_STAGES = ("preprocess", "encode", "decode")  # the response's timings_ms (ms), in seconds here
+RAPIDOCR_STAGES = ("det", "cls", "rec")  # RapidOCROutput.elapse_list (s)
+
+
+def summarize(latencies: list[float], wall: float, stages: list[dict[str, float]]) -> dict:
+    """Latency and throughput; per stage the median ms, and `rest`: the median of each request's time outside them."""
+    rest = [latency - sum(parts.values()) for latency, parts in zip(latencies, stages)]
+    stage_ms = {name: round(statistics.median(parts[name] for parts in stages) * 1000, 1) for name in stages[0]}
     return {
         "requests": len(latencies),
         "p50_ms": round(statistics.median(latencies) * 1000, 1),
         "mean_ms": round(statistics.fmean(latencies) * 1000, 1),
         "requests_per_s": round(len(latencies) / wall, 3),
+        "stages_ms": {**stage_ms, "rest": round(statistics.median(rest) * 1000, 1)},
     }
 
 
@@ -126,12 +143,15 @@ def measure(args, pages: list[bytes]) -> dict:
         return {"pages": len(pages), "rounds": args.rounds, "levels": rows}
     with serve_instance(free_port()) as url:
         for threads in args.threads:
-            with deployed_graph(lite_config(threads)):
-                rows += compare(args, url, threads, pages, rapid)
+            for spinning in args.spinning:
+                with deployed_graph(lite_config(threads, spinning == "on")):
+                    rows += compare(args, url, threads, pages, rapid, spinning)
     return {"pages": len(pages), "rounds": args.rounds, "levels": rows}
 
 
-def compare(args, url: str, threads: int | None, pages: list[bytes], rapid: RapidOCRClients) -> list[dict]:
+def compare(
+    args, url: str, threads: int | None, pages: list[bytes], rapid: RapidOCRClients, spinning: str | None = None
+) -> list[dict]:
     graph_level(url, pages[:1], 1, 1)  # first request: connections, onnxruntime's first run
     rows = []
     for concurrency in args.concurrency:
@@ -146,6 +166,7 @@ def compare(args, url: str, threads: int | None, pages: list[bytes], rapid: Rapi
         graph_rounds, rapid_rounds = measured["graph"], measured["rapidocr"]
         row = {
             "threads": threads,
+            "spinning": spinning,
             "concurrency": concurrency,
             "requests": requests,
             "graph_p50_ms": median_of(graph_rounds, "p50_ms"),
@@ -155,6 +176,10 @@ def compare(args, url: str, threads: int | None, pages: list[bytes], rapid: Rapi
             "graph_rounds": graph_rounds,
             "rapidocr_rounds": rapid_rounds,
         }
+        for side, side_rounds in (("graph", graph_rounds), ("rapidocr", rapid_rounds)):
+            row[f"{side}_stages_ms"] = {
+                name: statistics.median(r["stages_ms"][name] for r in side_rounds) for name in side_rounds[0]["stages_ms"]
+            }
         row["p50_ratio"] = round(row["graph_p50_ms"] / row["rapidocr_p50_ms"], 2)
         row["throughput_ratio"] = round(row["graph_rps"] / row["rapidocr_rps"], 2)
         rows.append(row)
@@ -163,10 +188,15 @@ def compare(args, url: str, threads: int | None, pages: list[bytes], rapid: Rapi
 
 
 def format_row(row: dict) -> str:
+    def parts(side: str) -> str:
+        return " + ".join(f"{name} {ms:.0f}" for name, ms in row[f"{side}_stages_ms"].items())
+
     return (
-        f"threads {row['threads'] or 'as served'}  c={row['concurrency']:<2}  p50 graph {row['graph_p50_ms']:8.1f} ms  "
+        f"threads {row['threads'] or 'as served'}{'' if row['spinning'] is None else ', spinning ' + row['spinning']}  "
+        f"c={row['concurrency']:<2}  p50 graph {row['graph_p50_ms']:8.1f} ms  "
         f"rapidocr {row['rapidocr_p50_ms']:8.1f} ms  ratio {row['p50_ratio']:.2f}  |  req/s graph {row['graph_rps']:.2f}  "
-        f"rapidocr {row['rapidocr_rps']:.2f}  ratio {row['throughput_ratio']:.2f}"
+        f"rapidocr {row['rapidocr_rps']:.2f}  ratio {row['throughput_ratio']:.2f}\n"
+        f"    median ms: graph {parts('graph')}  |  rapidocr {parts('rapidocr')}"
     )
 
 
@@ -176,7 +206,7 @@ def plot(report: dict, path: Path) -> Path | None:
         return None
     figure, (latency, throughput) = plt.subplots(1, 2, figsize=(10, 4))
     rows = report["levels"]
-    labels = [f"t{row['threads'] or '?'} c{row['concurrency']}" for row in rows]
+    labels = [f"t{row['threads'] or '?'}{'s' if row['spinning'] == 'on' else ''} c{row['concurrency']}" for row in rows]
     positions = range(len(rows))
     latency.bar([p - 0.2 for p in positions], [row["graph_p50_ms"] for row in rows], 0.4, label="graph")
     latency.bar([p + 0.2 for p in positions], [row["rapidocr_p50_ms"] for row in rows], 0.4, label="rapidocr")
@@ -196,6 +226,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--images", default=str(DEFAULT_IMAGES), help="folder of page images")
     parser.add_argument("--limit", type=int, default=10, help="pages used")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="model.num_threads values of the graph")
+    parser.add_argument("--spinning", nargs="+", choices=["on", "off"], default=["off"],
+                        help="model.thread_spinning values of the graph (onnxruntime's idle threads spin or sleep)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--requests-per-client", type=int, default=5, help="at least the pages, each level")
     parser.add_argument("--rounds", type=int, default=2)

@@ -42,7 +42,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.lib import ROOT  # noqa: E402
-from bench.lib.config import default_serve_config, load_app_config  # noqa: E402
+from bench.lib.config import default_serve_config, load_app_config, with_placement  # noqa: E402
 from bench.lib.http_load import load_documents  # noqa: E402
 from bench.lib.images import DEFAULT_IMAGES  # noqa: E402
 from bench.lib.plotting import pyplot_or_none, save_figure  # noqa: E402
@@ -94,16 +94,6 @@ def start_vllm(command: list[str], log: Path, timeout_s: float) -> subprocess.Po
         time.sleep(2)
     process.terminate()
     raise SystemExit(f"vLLM's server not healthy within {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
-
-
-def placement_config(config, placement: str):
-    """`config` with the vision tower in `placement`. On a GPU, in_decoder gives the decoder the encoder's share too
-    (one process holds both; the serve config's gpu plan still checks it fits)."""
-    updates = {"encoder": config.encoder.model_copy(update={"placement": placement})}
-    if placement == "in_decoder" and config.model.device == "cuda":
-        share = config.decoder.num_gpus + config.encoder.num_gpus
-        updates["decoder"] = config.decoder.model_copy(update={"num_gpus": round(min(1.0, share), 4)})
-    return config.model_copy(update=updates)
 
 
 def chat_body(model: str, data_url: str, instruction: str, decoding, max_tokens: int, with_system: bool) -> dict:
@@ -173,9 +163,9 @@ def measure(args, config, model_path: str) -> list[dict]:
     try:
         if running:  # graphs already running, on this config and checkpoint
             return compare(args, {**{side: url.rstrip("/") for side, url in running.items()}, **urls}, bodies, len(documents))
-        with serve_instance(free_port()) as base_url, contextlib.ExitStack() as graphs:
+        with serve_instance(free_port(), len(placements)) as base_url, contextlib.ExitStack() as graphs:
             for placement in placements:
-                graphs.enter_context(deployed_graph(placement_config(config, placement), placement, f"/{placement}"))
+                graphs.enter_context(deployed_graph(with_placement(config, placement), placement, f"/{placement}"))
             graph_urls = {placement: f"{base_url}/{placement}" for placement in placements}
             return compare(args, {**graph_urls, **urls}, bodies, len(documents))
     finally:

@@ -50,6 +50,10 @@ class ModelConfig(_Strict):
         4096 * 4096, gt=0, description="Pixel budget upper bound (default: the version's; 1.5 4096x4096, 1.0 2048x2048)."
     )
     num_threads: int = Field(1, ge=1, description="onnxruntime threads per replica (pp_ocr family).")
+    thread_spinning: bool = Field(
+        False, description="pp_ocr family: onnxruntime's threads spin-wait for more work after each run (its "
+        "default) instead of sleeping. Off, a stage's idle threads leave the cores to the other stages."
+    )
 
     @model_validator(mode="after")
     def _budget_ordered(self) -> ModelConfig:
@@ -205,6 +209,11 @@ class StageConfig(_Strict):
             if problem:
                 raise ValueError(f"label_selector: {problem}")
         return self
+
+    @property
+    def max_replicas(self) -> int:
+        """Replicas at full scale: autoscaling's max_replicas, else num_replicas (default 1)."""
+        return self.autoscaling.max_replicas if self.autoscaling is not None else self.num_replicas or 1
 
     def apply_cpu_nice(self) -> None:
         """Lower this process's CPU priority by `cpu_nice`: every thread of it, since Linux keeps a nice value

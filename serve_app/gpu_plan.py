@@ -294,15 +294,9 @@ def _gib(value: float) -> str:
     return f"{value / GIB:.2f} GiB"
 
 
-def _max_replicas(stage) -> int:
-    if stage.autoscaling is not None:
-        return stage.autoscaling.max_replicas
-    return stage.num_replicas or 1
-
-
 def _replicas_per_card(stage, cards: int) -> int:
     """A stage's replicas on one card at max scale, spread over `cards` GPUs (rounded up)."""
-    return math.ceil(_max_replicas(stage) / cards)
+    return math.ceil(stage.max_replicas / cards)
 
 
 def gpu_plan(

@@ -35,3 +35,14 @@ def with_engine_args(config, **updates):
     args = {**config.decoder.engine_args, **updates}
     args = {key: value for key, value in args.items() if value is not None}
     return config.model_copy(update={"decoder": config.decoder.model_copy(update={"engine_args": args})})
+
+
+def with_placement(config, placement: str):
+    """`config` with the vision tower in `placement` (encoder.placement). On a GPU, in_decoder gives the decoder the
+    encoder's GPU share too: one process then holds both (the memory plan checks that it fits)."""
+    updates = {"encoder": config.encoder.model_copy(update={"placement": placement})}
+    if placement == "in_decoder" and config.encoder.placement == "split" and config.model.device == "cuda":
+        share = round(min(1.0, config.decoder.num_gpus + config.encoder.num_gpus * config.encoder.max_replicas), 4)
+        updates["decoder"] = config.decoder.model_copy(update={"num_gpus": share})
+    return config.model_copy(update=updates)
+

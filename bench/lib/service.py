@@ -14,10 +14,17 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_instance(port: int):
-    """Ray Serve with its HTTP proxy on 127.0.0.1:`port`; shut down (Ray with it) on leaving."""
+def serve_instance(port: int, graphs: int = 1):
+    """Ray Serve with its HTTP proxy on 127.0.0.1:`port`; shut down (Ray with it) on leaving. For several graphs
+    side by side, Ray is given the logical CPUs of `graphs` machines: the graphs take turns under load, so the
+    ones that wait use no CPU, but each one's fractional num_cpus must still be placed."""
+    import os
+
+    import ray
     from ray import serve
 
+    if graphs > 1 and not ray.is_initialized():
+        ray.init(num_cpus=graphs * (os.cpu_count() or 1), configure_logging=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         yield f"http://127.0.0.1:{port}"

@@ -22,7 +22,7 @@ class TextRecognitionEngine(DecoderEngine):
     async def start(self) -> None:
         from serve_app.model.lite_ocr import TextRecognizer
 
-        self._recognizer = TextRecognizer(num_threads=self.model.num_threads)
+        self._recognizer = TextRecognizer(num_threads=self.model.num_threads, spinning=self.model.thread_spinning)
 
     async def stream(self, request: DecodeRequest) -> AsyncIterator[DecodeChunk]:
         from serve_app.model.lite_ocr import assemble_lines

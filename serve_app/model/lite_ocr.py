@@ -90,6 +90,23 @@ def _component_cfg(section, cfg, model_path: Path, num_threads: int):
     return section
 
 
+def _without_spinning(component, model_path: Path, engine_cfg) -> None:
+    """Swap the component's onnxruntime session for one with the same options (rapidocr's OrtInferSession: its
+    thread counts, memory arena, full graph optimisation) whose intra-op threads sleep when a run ends instead of
+    spin-waiting for the next. The stages share the cores: a pool left spinning after detection burns the core
+    that recognition of another page needs."""
+    from onnxruntime import GraphOptimizationLevel, InferenceSession, SessionOptions
+
+    options = SessionOptions()
+    options.log_severity_level = 4
+    options.enable_cpu_mem_arena = bool(engine_cfg.enable_cpu_mem_arena)
+    options.graph_optimization_level = GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = int(engine_cfg.intra_op_num_threads)
+    options.inter_op_num_threads = int(engine_cfg.inter_op_num_threads)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    component.session.session = InferenceSession(str(model_path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
 def _rgb_to_bgr(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image[..., ::-1])
 
@@ -126,11 +143,14 @@ class TextDetector:
     `map_boxes_to_original` (quads back to the input's pixels).
     """
 
-    def __init__(self, num_threads: int = 1):
+    def __init__(self, num_threads: int = 1, spinning: bool = True):
         cfg = _load_config()
         self._global = cfg.Global
         self._det = _RapidDetector(_component_cfg(cfg.Det, cfg, DET_MODEL, num_threads))
         self._cls = _RapidClassifier(_component_cfg(cfg.Cls, cfg, CLS_MODEL, num_threads))
+        if not spinning:
+            _without_spinning(self._det, DET_MODEL, cfg.Det.engine_cfg)
+            _without_spinning(self._cls, CLS_MODEL, cfg.Cls.engine_cfg)
 
     def detect(self, image: np.ndarray) -> list[TextRegion]:
         """RGB uint8 HxWx3 -> text regions in reading order (empty list when there is no text)."""
@@ -170,12 +190,14 @@ class TextRecognizer:
     the dictionary stored in the model. Results come back in the order of the input crops.
     """
 
-    def __init__(self, num_threads: int = 1, batch_size: int = 6):
+    def __init__(self, num_threads: int = 1, batch_size: int = 6, spinning: bool = True):
         cfg = _load_config()
         rec_cfg = _component_cfg(cfg.Rec, cfg, REC_MODEL, num_threads)
         rec_cfg.rec_batch_num = int(batch_size)
         rec_cfg.font_path = None
         self._rec = _RapidRecognizer(rec_cfg)
+        if not spinning:
+            _without_spinning(self._rec, REC_MODEL, rec_cfg.engine_cfg)
         self.batch_size = int(batch_size)
 
     def recognize(self, crops: list[np.ndarray]) -> list[tuple[str, float]]:

@@ -122,7 +122,7 @@ class TextDetectionEncoder:
     def __init__(self, config: OCRAppConfig):
         from serve_app.model.lite_ocr import TextDetector
 
-        self.detector = TextDetector(num_threads=config.model.num_threads)
+        self.detector = TextDetector(num_threads=config.model.num_threads, spinning=config.model.thread_spinning)
 
     def encode(self, batch: list[PreparedImage]) -> list[DetectedText]:
         started = time.perf_counter()

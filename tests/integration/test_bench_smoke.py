@@ -149,6 +149,11 @@ def test_vs_rapidocr_smoke(served, tmp_path):
         assert row["requests"] == 2
         for key in ("graph_p50_ms", "rapidocr_p50_ms", "graph_rps", "rapidocr_rps", "p50_ratio", "throughput_ratio"):
             assert row[key] > 0, key
+        # Where the time goes: each stage did work, and the stages fit inside the request.
+        for side, stages in (("graph", ("preprocess", "encode", "decode")), ("rapidocr", ("det", "cls", "rec"))):
+            assert set(row[f"{side}_stages_ms"]) == {*stages, "rest"}
+            assert all(row[f"{side}_stages_ms"][stage] > 0 for stage in stages), side
+            assert sum(row[f"{side}_stages_ms"][stage] for stage in stages) <= row[f"{side}_p50_ms"] * 1.5, side
     assert json.loads(out.read_text())["levels"] == report["levels"]
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

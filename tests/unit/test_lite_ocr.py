@@ -107,3 +107,19 @@ def test_assemble_lines_drops_what_rapidocr_drops(detector):
     assert lines == []  # blank text, then confidence below rapidocr's text_score 0.5
     with pytest.raises(ValueError):
         assemble_lines(regions, [("x", 1.0)])
+
+
+def test_sleeping_threads_read_the_same_as_spinning_ones(detector, recognizer):
+    """model.thread_spinning off (the default): onnxruntime's idle threads sleep instead of spin-waiting, with the
+    sessions' other options as rapidocr sets them; the same regions and text come back."""
+    sleeping_detector, sleeping_recognizer = TextDetector(num_threads=2, spinning=False), TextRecognizer(2, spinning=False)
+    for component in (sleeping_detector._det, sleeping_detector._cls, sleeping_recognizer._rec):
+        options = component.session.session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        assert options.intra_op_num_threads == 2
+    assert detector._det.session.session.get_session_options().intra_op_num_threads == 2
+    page = render(LINES)
+    spinning_regions, sleeping_regions = detector.detect(page), sleeping_detector.detect(page)
+    assert [r.quad.tolist() for r in sleeping_regions] == [r.quad.tolist() for r in spinning_regions]
+    crops = [region.crop for region in sleeping_regions]
+    assert sleeping_recognizer.recognize(crops) == recognizer.recognize(crops)
