@@ -82,7 +82,7 @@ def _patches_field_config(hf_inputs: Mapping[str, torch.Tensor]) -> dict[str, Mu
     return {
         # Concatenated patches of all images in the prompt, split per image by its patch count.
         "pixel_values": MultiModalFieldConfig.flat_from_sizes("image", grid.prod(-1)),
-        "pixel_normalization": MultiModalFieldConfig.batched("image"),
+        "pixel_normalization": MultiModalFieldConfig.batched("image", keep_on_cpu=True),  # read on the host only
         "image_grid_thw": MultiModalFieldConfig.batched("image", keep_on_cpu=True),
     }
 
