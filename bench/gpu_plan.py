@@ -210,7 +210,7 @@ def receipt_image_tokens(images_dir: Path | None, app) -> tuple[int | None, str]
 
 def placed(app, placement: str | None):
     """The config with `placement` (None: as it is)."""
-    return with_placement(app, placement) if placement and placement != app.encoder.placement else app
+    return with_placement(app, placement) if placement else app
 
 
 def make_plan(app, card_gib: float, dims: ModelDims, receipt_tokens: int | None, reserve_gib: float | None = None) -> GpuPlan:

@@ -252,21 +252,14 @@ class HunYuanVLEmbedsForConditionalGeneration(TransformersMultiModalForCausalLM)
             pixel_values = torch.cat(list(pixel_values))
         scale_offset = torch.stack(list(pixel_normalization)) if isinstance(pixel_normalization, (list, tuple)) else pixel_normalization
         scale_offset = scale_offset.reshape(-1, 2, 3).float().cpu()
-        counts = grids.prod(-1).tolist()
-        embeddings: list[torch.Tensor] = []
-        # One tower call per run of images sharing a normalisation (in practice all of them: one preprocessor).
-        start = 0
-        while start < len(counts):
-            end = start + 1
-            while end < len(counts) and torch.equal(scale_offset[end], scale_offset[start]):
-                end += 1
-            normalization = PixelNormalization(tuple(scale_offset[start, 0].tolist()), tuple(scale_offset[start, 1].tolist()))
-            rows = slice(sum(counts[:start]), sum(counts[:end]))
-            features = vision_tower_features(self.model.vision_tower, pixel_values[rows], grids[start:end], normalization)
-            sizes = image_token_counts(grids[start:end], self.config.vision_config.spatial_merge_size).tolist()
-            embeddings.extend(torch.split(features, sizes))
-            start = end
-        return embeddings
+        # Each image normalised with its own (scale, offset), then one tower call for all of them: the same float32
+        # operations the tower's own normalisation does, so the same values.
+        pixels = torch.cat([
+            PixelNormalization(tuple(pair[0].tolist()), tuple(pair[1].tolist())).apply_torch(patches)
+            for patches, pair in zip(torch.split(pixel_values, grids.prod(-1).tolist()), scale_offset)
+        ])
+        features = vision_tower_features(self.model.vision_tower, pixels, grids)
+        return list(torch.split(features, image_token_counts(grids, self.config.vision_config.spatial_merge_size).tolist()))
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         if not self.vision_tower_skipped:
